@@ -1,0 +1,21 @@
+from django.db import models
+
+
+class LedgerEntry(models.Model):
+    """One security event. The database refuses UPDATE and DELETE on this table
+    (triggers in the migration), and each leaf hash feeds the RFC 6962 Merkle
+    tree whose root proves that nothing was rewritten."""
+
+    recorded_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    kind = models.CharField(max_length=80, db_index=True)
+    actor = models.CharField(max_length=120, help_text="Who did it: user:<id>, operator:<id> or system.")
+    subject = models.CharField(max_length=200, db_index=True, help_text="What it was done to, as type:id.")
+    payload = models.JSONField(default=dict)
+    leaf_hash = models.CharField(max_length=64, editable=False)
+
+    class Meta:
+        ordering = ["id"]
+        verbose_name_plural = "ledger entries"
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.kind} {self.subject} by {self.actor}"

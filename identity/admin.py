@@ -1,0 +1,77 @@
+from django.contrib import admin, messages
+
+from identity import services
+from identity.models import ApiToken, Identity, OperatorEnrollment, ProvisioningStep, User
+from infrasim_site.errors import ServiceError
+
+
+@admin.register(User)
+class UserAdmin(admin.ModelAdmin):
+    """Accounts without any password field: people sign in with passkeys."""
+
+    list_display = ["display_name", "account_id", "is_staff", "is_active", "signup_state", "date_joined"]
+    list_filter = ["is_staff", "is_active", "signup_state"]
+    search_fields = ["display_name", "account_id", "identity__handle"]
+    fields = ["account_id", "display_name", "is_active", "is_staff", "is_superuser", "signup_state", "date_joined", "last_login"]
+    readonly_fields = ["account_id", "signup_state", "date_joined", "last_login"]
+
+
+class ProvisioningStepInline(admin.TabularInline):
+    model = ProvisioningStep
+    extra = 0
+    can_delete = False
+    readonly_fields = ["kind", "status", "attempts", "last_error", "started_at", "finished_at"]
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Identity)
+class IdentityAdmin(admin.ModelAdmin):
+    list_display = ["handle", "user", "status", "updated_at"]
+    list_filter = ["status"]
+    search_fields = ["handle", "user__display_name"]
+    readonly_fields = ["user", "handle", "handle_skeleton", "status", "created_at", "updated_at"]
+    inlines = [ProvisioningStepInline]
+    actions = ["retry_provisioning"]
+
+    def has_add_permission(self, request):
+        return False  # handles are claimed by their owners, through the one validator
+
+    @admin.action(description="Retry provisioning")
+    def retry_provisioning(self, request, queryset):
+        for identity in queryset.select_related("user"):
+            try:
+                services.identity_start_provisioning(actor=identity.user)
+            except ServiceError as exc:
+                self.message_user(request, f"{identity}: {exc.message}", messages.ERROR)
+        self.message_user(request, "Provisioning queued.")
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    list_display = ["name", "user", "prefix", "created_at", "expires_at", "revoked_at", "last_used_at"]
+    list_filter = ["revoked_at"]
+    search_fields = ["name", "prefix", "user__display_name"]
+    readonly_fields = ["user", "name", "prefix", "created_at", "expires_at", "revoked_at", "last_used_at"]
+    exclude = ["secret_hash"]
+    actions = ["revoke"]
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.action(description="Revoke selected tokens")
+    def revoke(self, request, queryset):
+        for token in queryset:
+            services.api_token_revoke(actor=request.user, token_id=token.pk)
+        self.message_user(request, f"Revoked {queryset.count()} token(s).")
+
+
+@admin.register(OperatorEnrollment)
+class OperatorEnrollmentAdmin(admin.ModelAdmin):
+    list_display = ["user", "created_at", "expires_at", "used_at"]
+    readonly_fields = ["user", "created_at", "expires_at", "used_at"]
+    exclude = ["token_hash"]
+
+    def has_add_permission(self, request):
+        return False

@@ -1,0 +1,96 @@
+from django_otp_webauthn.models import WebAuthnCredential
+from rest_framework import serializers
+
+from identity.models import ApiToken, User
+
+
+class RegistrationOptionsRequest(serializers.Serializer):
+    display_name = serializers.CharField(required=False, allow_blank=True, max_length=256, trim_whitespace=False)
+    enrollment_token = serializers.CharField(required=False, max_length=256)
+
+
+class _AttestationResponse(serializers.Serializer):
+    clientDataJSON = serializers.CharField(max_length=8192)
+    attestationObject = serializers.CharField(max_length=65536)
+    transports = serializers.ListField(child=serializers.CharField(max_length=32), required=False, max_length=16)
+
+
+class _AssertionResponse(serializers.Serializer):
+    clientDataJSON = serializers.CharField(max_length=8192)
+    authenticatorData = serializers.CharField(max_length=8192)
+    signature = serializers.CharField(max_length=2048)
+    userHandle = serializers.CharField(required=False, allow_null=True, allow_blank=True, max_length=512)
+
+
+class _PublicKeyCredential(serializers.Serializer):
+    id = serializers.RegexField(r"^[A-Za-z0-9_-]+={0,2}$", max_length=1400)
+    rawId = serializers.RegexField(r"^[A-Za-z0-9_-]+={0,2}$", max_length=1400)
+    type = serializers.ChoiceField(choices=["public-key"])
+    authenticatorAttachment = serializers.CharField(required=False, allow_null=True, max_length=32)
+    clientExtensionResults = serializers.DictField(required=False)
+
+
+class RegistrationResponse(_PublicKeyCredential):
+    """RegistrationResponseJSON as the browser's toJSON() gives it, plus an
+    optional name for the new passkey."""
+
+    response = _AttestationResponse()
+    passkey_name = serializers.CharField(required=False, allow_blank=True, max_length=256)
+
+
+class AuthenticationResponse(_PublicKeyCredential):
+    response = _AssertionResponse()
+
+
+class UserSerializer(serializers.ModelSerializer):
+    is_operator = serializers.BooleanField(source="is_staff", read_only=True)
+
+    class Meta:
+        model = User
+        fields = ["account_id", "display_name", "is_operator", "date_joined"]
+
+
+class ProvisioningStepSerializer(serializers.Serializer):
+    kind = serializers.CharField()
+    status = serializers.CharField()
+    attempts = serializers.IntegerField()
+    last_error = serializers.CharField()
+
+
+class IdentitySerializer(serializers.Serializer):
+    handle = serializers.CharField()
+    subdomain = serializers.CharField()
+    matrix_id = serializers.CharField()
+    bucket = serializers.CharField()
+    status = serializers.CharField()
+    steps = ProvisioningStepSerializer(many=True)
+
+
+class MeSerializer(serializers.Serializer):
+    user = UserSerializer()
+    identity = IdentitySerializer(allow_null=True)
+
+
+class ClaimHandleRequest(serializers.Serializer):
+    handle = serializers.CharField(max_length=256, trim_whitespace=False)
+
+
+class PasskeySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = WebAuthnCredential
+        fields = ["id", "name", "created_at", "last_used_at", "discoverable", "backup_state"]
+        read_only_fields = ["id", "created_at", "last_used_at", "discoverable", "backup_state"]
+
+
+class ApiTokenSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ApiToken
+        fields = ["id", "name", "prefix", "created_at", "expires_at", "revoked_at", "last_used_at"]
+        read_only_fields = ["id", "prefix", "created_at", "revoked_at", "last_used_at"]
+
+
+class ApiTokenCreated(ApiTokenSerializer):
+    token = serializers.CharField(read_only=True, help_text="The secret. Shown this once; store it now.")
+
+    class Meta(ApiTokenSerializer.Meta):
+        fields = ApiTokenSerializer.Meta.fields + ["token"]

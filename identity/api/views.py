@@ -1,0 +1,140 @@
+"""The seed's /api/meshnet/ identity endpoints. Each view parses, authorizes
+and calls one service; the rules live in identity.services."""
+
+from django.contrib.auth import logout
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, permissions, status, viewsets
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from identity import selectors, services
+from identity.api import serializers as s
+
+
+def _validated(serializer_class, request):
+    serializer = serializer_class(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
+def me_payload(user) -> dict:
+    return {
+        "user": s.UserSerializer(user).data,
+        "identity": services.identity_payload(selectors.identity_for(user)),
+    }
+
+
+class RegisterOptionsView(APIView):
+    permission_classes = [permissions.AllowAny]
+
+    @extend_schema(request=s.RegistrationOptionsRequest, responses={200: OpenApiTypes.OBJECT})
+    def post(self, request):
+        data = _validated(s.RegistrationOptionsRequest, request)
+        options = services.passkey_registration_begin(
+            request=request, display_name=data.get("display_name"), enrollment_token=data.get("enrollment_token")
+        )
+        return Response(options)
+
+
+class RegisterVerifyView(APIView):
+    permission_classes = [permissions.AllowAny]
+
+    @extend_schema(request=s.RegistrationResponse, responses={201: s.PasskeySerializer})
+    def post(self, request):
+        _validated(s.RegistrationResponse, request)
+        credential = {k: v for k, v in request.data.items() if k != "passkey_name"}
+        passkey = services.passkey_registration_complete(
+            request=request, credential=credential, passkey_name=request.data.get("passkey_name")
+        )
+        return Response(
+            {"passkey": s.PasskeySerializer(passkey).data, **me_payload(passkey.user)}, status=status.HTTP_201_CREATED
+        )
+
+
+class LoginOptionsView(APIView):
+    permission_classes = [permissions.AllowAny]
+
+    @extend_schema(request=None, responses={200: OpenApiTypes.OBJECT})
+    def post(self, request):
+        return Response(services.passkey_authentication_begin(request=request))
+
+
+class LoginVerifyView(APIView):
+    permission_classes = [permissions.AllowAny]
+
+    @extend_schema(request=s.AuthenticationResponse, responses={200: s.MeSerializer})
+    def post(self, request):
+        _validated(s.AuthenticationResponse, request)
+        user = services.passkey_authentication_complete(request=request, credential=dict(request.data))
+        return Response(me_payload(user))
+
+
+class LogoutView(APIView):
+    @extend_schema(request=None, responses={204: None})
+    def post(self, request):
+        logout(request)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class MeView(APIView):
+    @extend_schema(responses={200: s.MeSerializer})
+    def get(self, request):
+        return Response(me_payload(request.user))
+
+
+class IdentityView(APIView):
+    @extend_schema(request=s.ClaimHandleRequest, responses={201: s.IdentitySerializer})
+    def post(self, request):
+        data = _validated(s.ClaimHandleRequest, request)
+        identity = services.identity_claim(actor=request.user, handle=data["handle"])
+        return Response(services.identity_payload(identity), status=status.HTTP_201_CREATED)
+
+
+class IdentityProvisionView(APIView):
+    @extend_schema(request=None, responses={202: s.IdentitySerializer})
+    def post(self, request):
+        identity = services.identity_start_provisioning(actor=request.user)
+        return Response(services.identity_payload(identity), status=status.HTTP_202_ACCEPTED)
+
+
+class PasskeyViewSet(
+    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.UpdateModelMixin, mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,
+):
+    serializer_class = s.PasskeySerializer
+    http_method_names = ["get", "patch", "delete", "head", "options"]
+
+    def get_queryset(self):
+        return selectors.passkeys_for(self.request.user)
+
+    def perform_update(self, serializer):
+        serializer.instance = services.passkey_rename(
+            actor=self.request.user, passkey_id=serializer.instance.pk, name=serializer.validated_data.get("name", "")
+        )
+
+    def perform_destroy(self, instance):
+        services.passkey_delete(actor=self.request.user, passkey_id=instance.pk)
+
+
+class ApiTokenViewSet(
+    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,
+):
+    serializer_class = s.ApiTokenSerializer
+
+    def get_queryset(self):
+        return selectors.api_tokens_for(self.request.user)
+
+    @extend_schema(responses={201: s.ApiTokenCreated})
+    def create(self, request, *args, **kwargs):
+        data = _validated(s.ApiTokenSerializer, request)
+        token, secret = services.api_token_create(
+            actor=request.user, name=data["name"], expires_at=data.get("expires_at")
+        )
+        return Response({**s.ApiTokenSerializer(token).data, "token": secret}, status=status.HTTP_201_CREATED)
+
+    def destroy(self, request, *args, **kwargs):
+        token = self.get_object()
+        services.api_token_revoke(actor=request.user, token_id=token.pk)
+        return Response(status=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,173 @@
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.contrib.auth.base_user import BaseUserManager
+from django.contrib.auth.models import AbstractBaseUser, PermissionsMixin
+from django.db import models
+from django.db.models.functions import Lower
+from django.utils import timezone
+
+
+class UserManager(BaseUserManager):
+    def create_user(self, *, display_name: str, **extra) -> "User":
+        user = self.model(display_name=display_name, **extra)
+        user.set_unusable_password()
+        user.full_clean()
+        user.save(using=self._db)
+        return user
+
+    def create_superuser(self, **kwargs):
+        raise NotImplementedError("Operators are created with `manage.py createoperator` and enroll a passkey.")
+
+
+class User(AbstractBaseUser, PermissionsMixin):
+    """An account that only ever signs in with a passkey.
+
+    AbstractBaseUser brings a password column; it always holds Django's
+    unusable marker and no form, API or admin page ever shows or sets it.
+    """
+
+    class SignupState(models.TextChoices):
+        AWAITING_PASSKEY = "awaiting_passkey", "awaiting passkey"
+        ACTIVE = "active", "active"
+
+    account_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    display_name = models.CharField(max_length=64)
+    is_staff = models.BooleanField(default=False, help_text="Operators: may use the admin and see every object.")
+    is_active = models.BooleanField(default=True)
+    signup_state = models.CharField(max_length=20, choices=SignupState.choices, default=SignupState.AWAITING_PASSKEY)
+    date_joined = models.DateTimeField(default=timezone.now)
+
+    objects = UserManager()
+
+    USERNAME_FIELD = "account_id"
+    REQUIRED_FIELDS = ["display_name"]
+
+    class Meta:
+        indexes = [models.Index(fields=["signup_state", "date_joined"])]
+
+    def __str__(self) -> str:
+        return self.display_name
+
+    def get_full_name(self) -> str:
+        return self.display_name
+
+    def get_short_name(self) -> str:
+        return self.display_name
+
+
+class Identity(models.Model):
+    """A claimed handle and what it provisions: handle.BASE_DOMAIN,
+    @handle:MATRIX_DOMAIN and an S3 bucket."""
+
+    class Status(models.TextChoices):
+        RESERVED = "reserved", "reserved"
+        PENDING = "pending", "provisioning queued"
+        PROVISIONING = "provisioning", "provisioning"
+        ACTIVE = "active", "active"
+        INCOMPLETE = "incomplete", "incomplete"
+        FAILED = "failed", "failed"
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="identity")
+    handle = models.CharField(max_length=32, help_text="Normalised: NFKC, lower-case.")
+    handle_skeleton = models.CharField(
+        max_length=32, editable=False, help_text="Confusable skeleton; unique so look-alikes cannot coexist."
+    )
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.RESERVED)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "identities"
+        constraints = [
+            models.UniqueConstraint(Lower("handle"), name="identity_handle_ci_unique"),
+            models.UniqueConstraint(fields=["handle_skeleton"], name="identity_handle_skeleton_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return self.handle
+
+    @property
+    def subdomain(self) -> str:
+        return f"{self.handle}.{settings.BASE_DOMAIN}"
+
+    @property
+    def matrix_id(self) -> str:
+        return f"@{self.handle}:{settings.MATRIX_DOMAIN}"
+
+    @property
+    def bucket(self) -> str:
+        return f"{settings.S3_BUCKET_PREFIX}{self.handle}"
+
+
+class ProvisioningStep(models.Model):
+    """One thing a handle provisions, with its own state, so a failed step is
+    retried alone and a finished one is never redone."""
+
+    class Kind(models.TextChoices):
+        DNS = "dns", "subdomain (DNS)"
+        MATRIX = "matrix", "Matrix account"
+        S3 = "s3", "S3 bucket"
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "pending"
+        RUNNING = "running", "running"
+        SUCCEEDED = "succeeded", "succeeded"
+        FAILED = "failed", "failed"
+        NOT_CONFIGURED = "not_configured", "not configured"
+
+    identity = models.ForeignKey(Identity, on_delete=models.CASCADE, related_name="steps")
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["kind"]
+        constraints = [models.UniqueConstraint(fields=["identity", "kind"], name="provisioning_step_unique_kind")]
+
+    def __str__(self) -> str:
+        return f"{self.identity.handle}:{self.kind}={self.status}"
+
+
+class ApiToken(models.Model):
+    """A personal API token. Only a SHA-256 of the secret is kept; the secret
+    itself is shown once, when the token is created."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=64)
+    prefix = models.CharField(max_length=12, unique=True, help_text="Public part that identifies the token.")
+    secret_hash = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["user", "name"], name="api_token_unique_name_per_user")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    def is_usable(self, now=None) -> bool:
+        now = now or timezone.now()
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+
+class OperatorEnrollment(models.Model):
+    """A one-time link that lets a person register the first passkey of a
+    staff account. Single use, expires; only a hash of the token is kept."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="enrollments")
+    token_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"enrollment for {self.user}"

@@ -1,0 +1,498 @@
+"""Identity: every write about accounts, passkeys, handles and tokens.
+
+The console, the API, the admin and the Celery tasks all call these functions;
+none of them holds a rule of its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.contrib.auth import login as django_login
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.http import HttpRequest
+from django.utils import timezone
+from django_otp import login as otp_login
+from django_otp_webauthn import exceptions as webauthn_errors
+from django_otp_webauthn.models import WebAuthnCredential
+from django_otp_webauthn.utils import rewrite_exceptions
+
+from forensics import ledger
+from identity import handles
+from identity.models import ApiToken, Identity, OperatorEnrollment, ProvisioningStep, User
+from identity.passkeys import PasskeyHelper
+from infrasim_site.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from infrasim_site.events import publish_to_user
+
+log = logging.getLogger(__name__)
+
+_REGISTRATION_KEY = "infrasim.passkey_registration"
+_AUTHENTICATION_KEY = "infrasim.passkey_authentication"
+_BACKEND = "django_otp_webauthn.backends.WebAuthnBackend"
+
+DISPLAY_NAME_MAX = 64
+PASSKEY_NAME_MAX = 64
+TOKEN_NAME_MAX = 64
+
+
+def _hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _clean_text(value, *, field: str, max_length: int, required: bool = True) -> str:
+    if value is None:
+        value = ""
+    if not isinstance(value, str):
+        raise InvalidInput("Must be a string.", field=field, code="invalid_type")
+    value = " ".join(value.split())
+    if required and not value:
+        raise InvalidInput("This field is required.", field=field, code="required")
+    if len(value) > max_length:
+        raise InvalidInput(f"At most {max_length} characters.", field=field, code="too_long")
+    if any(not ch.isprintable() for ch in value):
+        raise InvalidInput("Control characters are not allowed.", field=field, code="invalid_characters")
+    return value
+
+
+# --- Passkey registration: sign-up, operator enrollment, adding a passkey -------
+
+
+def passkey_registration_begin(
+    *, request: HttpRequest, display_name: str | None = None, enrollment_token: str | None = None
+) -> dict:
+    """Return PublicKeyCredentialCreationOptionsJSON for whoever is asking:
+    the signed-in user adds a passkey, an enrollment link enrolls an operator,
+    and anybody else signs up as a new account named `display_name`."""
+    if request.user.is_authenticated:
+        user, purpose = request.user, "add"
+    elif enrollment_token:
+        user, purpose = _enrollment_user(enrollment_token), "enroll"
+    else:
+        user, purpose = _signup_user(request, display_name), "signup"
+
+    helper = PasskeyHelper(request)
+    options, state = helper.register_begin(user=user)
+    request.session[_REGISTRATION_KEY] = {
+        "user_id": user.pk,
+        "purpose": purpose,
+        "enrollment_token_hash": _hash_secret(enrollment_token) if purpose == "enroll" else None,
+        "state": state,
+    }
+    return options
+
+
+def _signup_user(request: HttpRequest, display_name: str | None) -> User:
+    name = _clean_text(display_name, field="display_name", max_length=DISPLAY_NAME_MAX)
+    pending = request.session.get(_REGISTRATION_KEY) or {}
+    if pending.get("purpose") == "signup":
+        # Trying again in the same tab reuses the account it started.
+        user = User.objects.filter(pk=pending["user_id"], signup_state=User.SignupState.AWAITING_PASSKEY).first()
+        if user:
+            user.display_name = name
+            user.save(update_fields=["display_name"])
+            return user
+    return User.objects.create_user(display_name=name)
+
+
+def _enrollment_user(token: str) -> User:
+    enrollment = (
+        OperatorEnrollment.objects.select_related("user")
+        .filter(token_hash=_hash_secret(token), used_at__isnull=True, expires_at__gt=timezone.now())
+        .first()
+    )
+    if enrollment is None:
+        raise PermissionDenied(
+            "This enrollment link is invalid, used or expired. Ask for a new one.",
+            field="enrollment_token",
+            code="enrollment_invalid",
+        )
+    return enrollment.user
+
+
+def passkey_registration_complete(
+    *, request: HttpRequest, credential: dict, passkey_name: str | None = None
+) -> WebAuthnCredential:
+    """Verify the browser's RegistrationResponseJSON against the pending
+    ceremony, store the passkey and, for sign-up and enrollment, sign in."""
+    pending = request.session.pop(_REGISTRATION_KEY, None)
+    # Saved at once: a failed verification must not leave the challenge usable.
+    request.session.save()
+    if not pending:
+        raise webauthn_errors.InvalidState()
+    if not isinstance(credential, dict):
+        raise InvalidInput("Expected the RegistrationResponseJSON object.", field="credential", code="invalid_type")
+    name = _clean_text(passkey_name, field="name", max_length=PASSKEY_NAME_MAX, required=False)
+    purpose = pending["purpose"]
+    if purpose == "add" and (not request.user.is_authenticated or request.user.pk != pending["user_id"]):
+        raise webauthn_errors.InvalidState()
+
+    with transaction.atomic():
+        user = User.objects.select_for_update().filter(pk=pending["user_id"], is_active=True).first()
+        if user is None:
+            raise webauthn_errors.InvalidState(detail="This sign-up expired. Please start again.")
+        if purpose == "enroll":
+            consumed = OperatorEnrollment.objects.filter(
+                token_hash=pending["enrollment_token_hash"], used_at__isnull=True, expires_at__gt=timezone.now()
+            ).update(used_at=timezone.now())
+            if not consumed:
+                raise PermissionDenied("This enrollment link was used or has expired.", code="enrollment_invalid")
+        with rewrite_exceptions(logger=log):
+            device = PasskeyHelper(request).register_complete(user=user, state=pending["state"], data=credential)
+        device.name = name or f"Passkey {user.webauthncredential_set.count()}"
+        device.save(update_fields=["name"])
+        if user.signup_state != User.SignupState.ACTIVE:
+            user.signup_state = User.SignupState.ACTIVE
+            user.save(update_fields=["signup_state"])
+        ledger.record(
+            kind=f"identity.passkey.{'added' if purpose == 'add' else purpose}",
+            actor=ledger.actor_label(user),
+            subject=f"user:{user.pk}",
+            payload={"passkey": device.pk, "aaguid": device.aaguid},
+        )
+    if purpose != "add":
+        _sign_in(request, user, device)
+    return device
+
+
+# --- Passkey sign-in ------------------------------------------------------------
+
+
+def passkey_authentication_begin(*, request: HttpRequest) -> dict:
+    """PublicKeyCredentialRequestOptionsJSON with an empty allowCredentials:
+    passkeys are discoverable, so the server names no account."""
+    options, state = PasskeyHelper(request).authenticate_begin(user=None, require_user_verification=True)
+    request.session[_AUTHENTICATION_KEY] = state
+    return options
+
+
+def passkey_authentication_complete(*, request: HttpRequest, credential: dict) -> User:
+    state = request.session.pop(_AUTHENTICATION_KEY, None)
+    # Saved at once, so that a replayed assertion finds no challenge to match.
+    request.session.save()
+    if not state:
+        raise webauthn_errors.InvalidState()
+    if not isinstance(credential, dict):
+        raise InvalidInput("Expected the AuthenticationResponseJSON object.", field="credential", code="invalid_type")
+    with transaction.atomic(), rewrite_exceptions(logger=log):
+        device = PasskeyHelper(request).authenticate_complete(user=None, state=state, data=credential)
+    user = device.user
+    if not device.confirmed:
+        raise webauthn_errors.CredentialDisabled()
+    if not user.is_active or user.signup_state != User.SignupState.ACTIVE:
+        raise webauthn_errors.UserDisabled()
+    _sign_in(request, user, device)
+    return user
+
+
+def _sign_in(request: HttpRequest, user: User, device: WebAuthnCredential) -> None:
+    django_login(request, user, backend=_BACKEND)
+    otp_login(request, device)
+    # A fixed 24 h from sign-in, not sliding with activity.
+    request.session.set_expiry(settings.SESSION_COOKIE_AGE)
+    ledger.record(
+        kind="identity.signin", actor=ledger.actor_label(user), subject=f"user:{user.pk}", payload={"passkey": device.pk}
+    )
+
+
+# --- Managing passkeys ------------------------------------------------------------
+
+
+def _own_passkey(actor: User, passkey_id) -> WebAuthnCredential:
+    passkey = WebAuthnCredential.objects.filter(pk=passkey_id, user=actor).first()
+    if passkey is None:
+        raise NotFound("No such passkey.")
+    return passkey
+
+
+@transaction.atomic
+def passkey_rename(*, actor: User, passkey_id: int, name: str) -> WebAuthnCredential:
+    passkey = _own_passkey(actor, passkey_id)
+    passkey.name = _clean_text(name, field="name", max_length=PASSKEY_NAME_MAX)
+    passkey.save(update_fields=["name"])
+    return passkey
+
+
+@transaction.atomic
+def passkey_delete(*, actor: User, passkey_id: int) -> None:
+    # Lock the account row so two deletions in parallel cannot both pass the
+    # "not the last one" check.
+    User.objects.select_for_update().get(pk=actor.pk)
+    passkey = _own_passkey(actor, passkey_id)
+    if WebAuthnCredential.objects.filter(user=actor).count() <= 1:
+        raise Conflict("You cannot delete your last passkey: you would be locked out.", code="last_passkey")
+    passkey.delete()
+    ledger.record(
+        kind="identity.passkey.deleted",
+        actor=ledger.actor_label(actor),
+        subject=f"user:{actor.pk}",
+        payload={"passkey": passkey_id},
+    )
+
+
+# --- Handles --------------------------------------------------------------------
+
+
+def identity_claim(*, actor: User, handle: str) -> Identity:
+    """Reserve a handle for the actor: 400 naming the broken rule, 409 when
+    the handle (or a look-alike of it) belongs to somebody else."""
+    try:
+        normalized = handles.validate_handle(handle)
+    except ValidationError as exc:
+        raise InvalidInput(exc.messages[0], field="handle", code=exc.code) from None
+    existing = Identity.objects.filter(user=actor).first()
+    if existing:
+        if existing.handle == normalized:
+            return existing
+        raise Conflict(f"You already hold the handle '{existing.handle}'.", field="handle", code="already_claimed")
+    skeleton = handles.skeleton(normalized)
+    clash = Identity.objects.filter(handle_skeleton=skeleton).values_list("handle", flat=True).first()
+    if clash:
+        raise _taken(normalized, clash)
+    try:
+        with transaction.atomic():
+            identity = Identity(user=actor, handle=normalized, handle_skeleton=skeleton)
+            identity.full_clean(validate_constraints=False)
+            identity.save()
+            ledger.record(
+                kind="identity.handle.claimed",
+                actor=ledger.actor_label(actor),
+                subject=f"identity:{identity.pk}",
+                payload={"handle": normalized},
+            )
+    except IntegrityError:
+        # Lost a race to a parallel claim: the database constraint decided.
+        if Identity.objects.filter(user=actor).exists():
+            raise Conflict("You already hold a handle.", field="handle", code="already_claimed") from None
+        clash = Identity.objects.filter(handle_skeleton=skeleton).values_list("handle", flat=True).first()
+        raise _taken(normalized, clash or normalized) from None
+    publish_to_user(actor.pk, kind="identity.changed", data=identity_payload(identity))
+    return identity
+
+
+def _taken(handle: str, holder: str) -> Conflict:
+    if holder == handle:
+        return Conflict(f"The handle '{handle}' is taken.", field="handle", code="taken")
+    return Conflict(f"'{handle}' looks too much like the existing handle '{holder}'.", field="handle", code="confusable")
+
+
+def identity_payload(identity: Identity | None) -> dict | None:
+    if identity is None:
+        return None
+    return {
+        "handle": identity.handle,
+        "subdomain": identity.subdomain,
+        "matrix_id": identity.matrix_id,
+        "bucket": identity.bucket,
+        "status": identity.status,
+        "steps": [
+            {"kind": s.kind, "status": s.status, "attempts": s.attempts, "last_error": s.last_error}
+            for s in identity.steps.all()
+        ],
+    }
+
+
+@transaction.atomic
+def identity_start_provisioning(*, actor: User) -> Identity:
+    """Queue provisioning of the actor's handle. Starting twice is harmless."""
+    identity = Identity.objects.select_for_update().filter(user=actor).first()
+    if identity is None:
+        raise Conflict("Claim a handle first.", field="handle", code="no_handle")
+    if identity.status in {Identity.Status.PENDING, Identity.Status.PROVISIONING, Identity.Status.ACTIVE}:
+        return identity
+    for kind in ProvisioningStep.Kind.values:
+        ProvisioningStep.objects.get_or_create(identity=identity, kind=kind)
+    identity.steps.exclude(status=ProvisioningStep.Status.SUCCEEDED).update(
+        status=ProvisioningStep.Status.PENDING, last_error=""
+    )
+    identity.status = Identity.Status.PENDING
+    identity.save(update_fields=["status", "updated_at"])
+    ledger.record(
+        kind="identity.provisioning.requested",
+        actor=ledger.actor_label(actor),
+        subject=f"identity:{identity.pk}",
+        payload={"handle": identity.handle},
+    )
+    from identity.tasks import provision_identity
+
+    transaction.on_commit(lambda: provision_identity.delay(identity.pk))
+    publish_to_user(actor.pk, kind="identity.changed", data=identity_payload(identity))
+    return identity
+
+
+def identity_provision(*, identity_id: int) -> Identity | None:
+    """Worker side: claim the queued identity and run each step that is not
+    done. A provider that is not configured is recorded as such, never as a
+    success."""
+    claimed = Identity.objects.filter(pk=identity_id, status=Identity.Status.PENDING).update(
+        status=Identity.Status.PROVISIONING, updated_at=timezone.now()
+    )
+    identity = Identity.objects.filter(pk=identity_id).first()
+    if identity is None or not claimed and identity.status != Identity.Status.PROVISIONING:
+        return identity
+    for step in identity.steps.exclude(status=ProvisioningStep.Status.SUCCEEDED):
+        _run_step(identity, step)
+    with transaction.atomic():
+        done = all(s.status == ProvisioningStep.Status.SUCCEEDED for s in identity.steps.all())
+        failed = any(s.status == ProvisioningStep.Status.FAILED for s in identity.steps.all())
+        identity.status = (
+            Identity.Status.ACTIVE if done else Identity.Status.FAILED if failed else Identity.Status.INCOMPLETE
+        )
+        identity.save(update_fields=["status", "updated_at"])
+        ledger.record(
+            kind="identity.provisioning.finished",
+            actor="system",
+            subject=f"identity:{identity.pk}",
+            payload={"status": identity.status},
+        )
+        publish_to_user(identity.user_id, kind="identity.changed", data=identity_payload(identity))
+    return identity
+
+
+def _run_step(identity: Identity, step: ProvisioningStep) -> None:
+    from identity.providers import provider_for
+
+    provider = provider_for(step.kind)
+    now = timezone.now()
+    with transaction.atomic():
+        step.attempts += 1
+        step.started_at = now
+        if provider is None:
+            step.status = ProvisioningStep.Status.NOT_CONFIGURED
+            step.last_error = ""
+            step.finished_at = now
+        else:
+            step.status = ProvisioningStep.Status.RUNNING
+        step.save()
+        publish_to_user(identity.user_id, kind="identity.changed", data=identity_payload(identity))
+    if provider is None:
+        return
+    try:
+        provider.provision(identity)
+    except Exception as exc:  # a provider's failure is the step's state, shown to the user
+        step.status, step.last_error = ProvisioningStep.Status.FAILED, str(exc)[:2000]
+    else:
+        step.status, step.last_error = ProvisioningStep.Status.SUCCEEDED, ""
+    step.finished_at = timezone.now()
+    with transaction.atomic():
+        step.save()
+        publish_to_user(identity.user_id, kind="identity.changed", data=identity_payload(identity))
+
+
+# --- API tokens -----------------------------------------------------------------
+
+TOKEN_PREFIX = "isk_"
+
+
+@transaction.atomic
+def api_token_create(*, actor: User, name: str, expires_at: datetime | None = None) -> tuple[ApiToken, str]:
+    """Create a token and return it with its secret, which is never stored or shown again."""
+    name = _clean_text(name, field="name", max_length=TOKEN_NAME_MAX)
+    if expires_at is not None and expires_at <= timezone.now():
+        raise InvalidInput("The expiry must be in the future.", field="expires_at", code="in_past")
+    if ApiToken.objects.filter(user=actor, name=name).exists():
+        raise Conflict(f"You already have a token named '{name}'.", field="name", code="duplicate_name")
+    if ApiToken.objects.filter(user=actor, revoked_at__isnull=True).count() >= settings.API_TOKEN_MAX_PER_USER:
+        raise Conflict("Too many active tokens: revoke one first.", field="name", code="quota")
+    prefix = secrets.token_hex(4)
+    secret = f"{TOKEN_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
+    token = ApiToken.objects.create(
+        user=actor, name=name, prefix=prefix, secret_hash=_hash_secret(secret), expires_at=expires_at
+    )
+    ledger.record(
+        kind="identity.token.created",
+        actor=ledger.actor_label(actor),
+        subject=f"api_token:{token.pk}",
+        payload={"name": name, "expires_at": expires_at.isoformat() if expires_at else None},
+    )
+    return token, secret
+
+
+@transaction.atomic
+def api_token_revoke(*, actor: User, token_id: int) -> ApiToken:
+    scope = ApiToken.objects.all() if actor.is_staff else ApiToken.objects.filter(user=actor)
+    token = scope.select_for_update().filter(pk=token_id).first()
+    if token is None:
+        raise NotFound("No such token.")
+    if token.revoked_at is None:
+        token.revoked_at = timezone.now()
+        token.save(update_fields=["revoked_at"])
+        ledger.record(
+            kind="identity.token.revoked",
+            actor=ledger.actor_label(actor),
+            subject=f"api_token:{token.pk}",
+            payload={"owner": token.user_id},
+        )
+    return token
+
+
+def api_token_authenticate(raw: str) -> ApiToken | None:
+    """The token a bearer secret belongs to, if it is usable now."""
+    if not raw.startswith(TOKEN_PREFIX):
+        return None
+    prefix = raw[len(TOKEN_PREFIX) :].split("_", 1)[0]
+    token = ApiToken.objects.select_related("user").filter(prefix=prefix).first()
+    if token is None or not secrets.compare_digest(token.secret_hash, _hash_secret(raw)):
+        return None
+    now = timezone.now()
+    if not token.is_usable(now) or not token.user.is_active:
+        return None
+    # Coarse last-use stamp: one write a minute at most per token.
+    if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=1):
+        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+    return token
+
+
+# --- Operators and housekeeping -----------------------------------------------------
+
+
+@transaction.atomic
+def operator_create(*, display_name: str) -> tuple[User, str]:
+    """Create a staff account with no passkey yet, and return the one-time
+    enrollment link through which a person registers its first passkey."""
+    name = _clean_text(display_name, field="display_name", max_length=DISPLAY_NAME_MAX)
+    user = User.objects.create_user(display_name=name, is_staff=True, is_superuser=True)
+    token = operator_enrollment_issue(user=user)
+    ledger.record(kind="identity.operator.created", actor="system", subject=f"user:{user.pk}", payload={"name": name})
+    return user, token
+
+
+def operator_enrollment_issue(*, user: User) -> str:
+    token = secrets.token_urlsafe(32)
+    OperatorEnrollment.objects.create(
+        user=user,
+        token_hash=_hash_secret(token),
+        expires_at=timezone.now() + timedelta(seconds=settings.OPERATOR_ENROLLMENT_SECONDS),
+    )
+    return token
+
+
+def enrollment_url(token: str) -> str:
+    return f"{settings.WEBAUTHN_RP_ORIGIN}/enroll/{token}/"
+
+
+def enrollment_is_valid(token: str) -> bool:
+    return OperatorEnrollment.objects.filter(
+        token_hash=_hash_secret(token), used_at__isnull=True, expires_at__gt=timezone.now()
+    ).exists()
+
+
+@transaction.atomic
+def purge_abandoned_signups(*, now: datetime | None = None) -> int:
+    """Delete accounts whose first passkey never arrived: sign-ups after
+    SIGNUP_ABANDON_SECONDS, operators once every enrollment link expired."""
+    now = now or timezone.now()
+    awaiting = User.objects.filter(signup_state=User.SignupState.AWAITING_PASSKEY, webauthncredential__isnull=True)
+    stale_signups = awaiting.filter(
+        is_staff=False, date_joined__lt=now - timedelta(seconds=settings.SIGNUP_ABANDON_SECONDS)
+    )
+    stale_operators = awaiting.filter(is_staff=True).exclude(enrollments__expires_at__gt=now, enrollments__used_at=None)
+    ids = list(stale_signups.values_list("pk", flat=True)) + list(stale_operators.values_list("pk", flat=True))
+    if ids:
+        User.objects.filter(pk__in=ids).delete()
+        ledger.record(kind="identity.signups.purged", actor="system", subject="user:*", payload={"users": ids})
+    return len(ids)

@@ -1,0 +1,144 @@
+// Passkey ceremonies for the console pages: sign-up, sign-in (autofill and
+// button), operator enrollment and adding a passkey. The server speaks the
+// WebAuthn Level 3 JSON forms; older browsers get a small manual conversion.
+(function () {
+  "use strict";
+
+  const API = "/api/meshnet/";
+
+  function b64urlToBuf(value) {
+    const pad = "=".repeat((4 - (value.length % 4)) % 4);
+    const bin = atob((value + pad).replace(/-/g, "+").replace(/_/g, "/"));
+    return Uint8Array.from(bin, (c) => c.charCodeAt(0)).buffer;
+  }
+
+  function bufToB64url(buf) {
+    let bin = "";
+    new Uint8Array(buf).forEach((b) => (bin += String.fromCharCode(b)));
+    return btoa(bin).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  }
+
+  function creationOptions(json) {
+    if (window.PublicKeyCredential && PublicKeyCredential.parseCreationOptionsFromJSON) {
+      return PublicKeyCredential.parseCreationOptionsFromJSON(json);
+    }
+    return Object.assign({}, json, {
+      challenge: b64urlToBuf(json.challenge),
+      user: Object.assign({}, json.user, { id: b64urlToBuf(json.user.id) }),
+      excludeCredentials: (json.excludeCredentials || []).map((c) => Object.assign({}, c, { id: b64urlToBuf(c.id) })),
+    });
+  }
+
+  function requestOptions(json) {
+    if (window.PublicKeyCredential && PublicKeyCredential.parseRequestOptionsFromJSON) {
+      return PublicKeyCredential.parseRequestOptionsFromJSON(json);
+    }
+    return Object.assign({}, json, {
+      challenge: b64urlToBuf(json.challenge),
+      allowCredentials: (json.allowCredentials || []).map((c) => Object.assign({}, c, { id: b64urlToBuf(c.id) })),
+    });
+  }
+
+  function credentialJSON(cred) {
+    if (typeof cred.toJSON === "function") return cred.toJSON();
+    const r = cred.response;
+    const response = { clientDataJSON: bufToB64url(r.clientDataJSON) };
+    if (r.attestationObject) {
+      response.attestationObject = bufToB64url(r.attestationObject);
+      response.transports = r.getTransports ? r.getTransports() : [];
+    } else {
+      response.authenticatorData = bufToB64url(r.authenticatorData);
+      response.signature = bufToB64url(r.signature);
+      response.userHandle = r.userHandle ? bufToB64url(r.userHandle) : null;
+    }
+    return {
+      id: cred.id, rawId: bufToB64url(cred.rawId), type: cred.type, response: response,
+      authenticatorAttachment: cred.authenticatorAttachment || null,
+      clientExtensionResults: cred.getClientExtensionResults ? cred.getClientExtensionResults() : {},
+    };
+  }
+
+  async function post(path, body) {
+    const resp = await fetch(API + path, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "X-CSRFToken": document.body.dataset.csrf },
+      body: JSON.stringify(body || {}),
+    });
+    const data = await resp.json().catch(() => ({}));
+    if (!resp.ok) {
+      const fieldErrors = Object.entries(data).filter(([k]) => k !== "code" && k !== "detail");
+      const message = data.detail || (fieldErrors.length ? fieldErrors[0][0] + ": " + fieldErrors[0][1] : resp.statusText);
+      throw new Error(message);
+    }
+    return data;
+  }
+
+  function showError(err) {
+    const box = document.getElementById("passkey-error");
+    if (!box) return;
+    const text = err && err.name === "NotAllowedError"
+      ? "The passkey request was cancelled or not allowed."
+      : (err && err.message) || String(err);
+    box.textContent = text;
+    box.hidden = false;
+  }
+
+  async function register(body, passkeyName) {
+    const options = await post("auth/register/options", body);
+    const cred = await navigator.credentials.create({ publicKey: creationOptions(options) });
+    const payload = credentialJSON(cred);
+    if (passkeyName) payload.passkey_name = passkeyName;
+    return post("auth/register/verify", payload);
+  }
+
+  let conditional = null;
+
+  async function signIn(mediation) {
+    const options = await post("auth/login/options");
+    const request = { publicKey: requestOptions(options) };
+    if (mediation === "conditional") {
+      conditional = new AbortController();
+      request.mediation = "conditional";
+      request.signal = conditional.signal;
+    }
+    const cred = await navigator.credentials.get(request);
+    await post("auth/login/verify", credentialJSON(cred));
+    const form = document.getElementById("signin-form");
+    window.location.assign((form && form.dataset.next) || "/");
+  }
+
+  async function startAutofill() {
+    if (!window.PublicKeyCredential || !PublicKeyCredential.isConditionalMediationAvailable) return;
+    if (!(await PublicKeyCredential.isConditionalMediationAvailable())) return;
+    signIn("conditional").catch((err) => { if (err.name !== "AbortError") showError(err); });
+  }
+
+  function on(id, event, handler) {
+    const el = document.getElementById(id);
+    if (el) el.addEventListener(event, (e) => { e.preventDefault(); handler(el).catch(showError); });
+    return el;
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    if (on("signin-button", "click", async () => {
+      if (conditional) conditional.abort();
+      await signIn("button");
+    })) startAutofill();
+
+    on("signup-form", "submit", async (form) => {
+      await register({ display_name: form.elements.display_name.value }, "First passkey");
+      window.location.assign("/");
+    });
+
+    on("enroll-button", "click", async (button) => {
+      await register({ enrollment_token: button.dataset.token }, "Operator passkey");
+      window.location.assign("/admin/");
+    });
+
+    on("add-passkey-form", "submit", async (form) => {
+      await register({}, form.elements.passkey_name.value);
+      window.location.reload();
+    });
+  });
+})();

@@ -1,0 +1,26 @@
+"""Shared API plumbing: the exception handler that maps service errors onto
+DRF's standard JSON error bodies with the right 4xx status."""
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django_otp_webauthn.exceptions import OTPWebAuthnApiError
+from rest_framework import exceptions as drf_exceptions
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from infrasim_site.errors import ServiceError
+
+
+class _ApiError(drf_exceptions.APIException):
+    def __init__(self, status_code: int, detail):
+        self.status_code = status_code
+        super().__init__(detail=detail)
+
+
+def api_exception_handler(exc, context):
+    if isinstance(exc, ServiceError):
+        exc = _ApiError(exc.status_code, exc.as_dict())
+    elif isinstance(exc, DjangoValidationError):
+        detail = exc.message_dict if hasattr(exc, "error_dict") else {"detail": exc.messages}
+        exc = drf_exceptions.ValidationError(detail)
+    elif isinstance(exc, OTPWebAuthnApiError):
+        exc = _ApiError(exc.status_code, {"detail": str(exc.detail), "code": exc.code})
+    return drf_exception_handler(exc, context)

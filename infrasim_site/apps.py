@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class InfrasimSiteConfig(AppConfig):
+    name = "infrasim_site"
+    verbose_name = "InfraSim"

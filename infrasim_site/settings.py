@@ -1,0 +1,269 @@
+"""InfraSim settings: one file, read from the environment with strict parsers.
+
+Defaults give a working single-machine set-up on http://localhost:8080 (SQLite
+under var/, Redis from REDIS_URL, which `make run` points at a private
+redis-server when it is unset). A bad value stops start-up with a message that
+names the variable.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from infrasim_site.env import (
+    env_bool,
+    env_domain,
+    env_host_port,
+    env_int,
+    env_list,
+    env_origin,
+    env_str,
+    env_url,
+)
+from infrasim_site.sealing import load_master_key
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(env_str("INFRASIM_VAR_DIR", str(BASE_DIR / "var")))
+
+
+def _secret_key() -> str:
+    configured = env_str("SECRET_KEY", "")
+    if configured:
+        if len(configured) < 32:
+            raise ImproperlyConfigured("SECRET_KEY: must be at least 32 characters")
+        return configured
+    # Embedded mode: one random key kept beside the database, so sessions
+    # survive restarts without anybody having to invent a secret.
+    from django.core.management.utils import get_random_secret_key
+    import os
+
+    path = VAR_DIR / "secret_key"
+    if not path.exists():
+        VAR_DIR.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(get_random_secret_key())
+    return path.read_text().strip()
+
+
+DEBUG = env_bool("DEBUG", False)
+SECRET_KEY = _secret_key()
+
+# --- The seed's variables -------------------------------------------------
+BASE_DOMAIN = env_domain("BASE_DOMAIN", "localhost")
+MATRIX_DOMAIN = env_domain("MATRIX_DOMAIN", "matrix.localhost")
+WEBAUTHN_RP_ID = env_domain("WEBAUTHN_RP_ID", "localhost")
+WEBAUTHN_RP_ORIGIN = env_origin("WEBAUTHN_RP_ORIGIN", "http://localhost:8080")
+WEBAUTHN_RP_NAME = env_str("WEBAUTHN_RP_NAME", "InfraSim")
+WG_GATEWAY_ENDPOINT = env_host_port("WG_GATEWAY_ENDPOINT", "127.0.0.1:51820")
+# Bucket = prefix + handle; the prefix keeps InfraSim's buckets apart from
+# others on a shared S3 and must itself follow S3 naming (lower-case, digits, '-').
+S3_BUCKET_PREFIX = env_str("S3_BUCKET_PREFIX", "infrasim-")
+if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,29}", S3_BUCKET_PREFIX):
+    raise ImproperlyConfigured(f"S3_BUCKET_PREFIX: use up to 30 of a-z, 0-9 and '-', starting alphanumeric; got {S3_BUCKET_PREFIX!r}")
+
+_origin_host = urlsplit(WEBAUTHN_RP_ORIGIN).hostname or ""
+if not (_origin_host == WEBAUTHN_RP_ID or _origin_host.endswith("." + WEBAUTHN_RP_ID)):
+    raise ImproperlyConfigured(
+        f"WEBAUTHN_RP_ORIGIN: host {_origin_host!r} is not WEBAUTHN_RP_ID ({WEBAUTHN_RP_ID!r}) or a subdomain of it"
+    )
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", [_origin_host, "localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [WEBAUTHN_RP_ORIGIN])
+
+# --- Secrets at rest --------------------------------------------------------
+INFRASIM_MASTER_KEY = load_master_key(
+    inline=env_str("INFRASIM_MASTER_KEY", ""),
+    key_file=Path(env_str("INFRASIM_MASTER_KEY_FILE", str(VAR_DIR / "master.key"))),
+    create=env_str("INFRASIM_MASTER_KEY_FILE", "") == "",
+)
+
+# --- Applications -------------------------------------------------------------
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "django_htmx",
+    "django_otp",
+    "django_otp_webauthn",
+    "channels",
+    "infrasim_site",
+    "forensics",
+    "identity",
+    "mesh",
+    "appliances",
+    "swarm",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "infrasim_site.urls"
+ASGI_APPLICATION = "infrasim_site.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "infrasim_site.context_processors.site",
+            ],
+        },
+    },
+]
+
+# --- Database -----------------------------------------------------------------
+DATABASES = {
+    "default": dj_database_url.parse(
+        env_url(
+            "DATABASE_URL",
+            f"sqlite:///{VAR_DIR / 'infrasim.sqlite3'}",
+            schemes={"sqlite", "postgres", "postgresql", "pgsql"},
+        ),
+        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0, minimum=0),
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL lets the web process read while a worker writes; the busy timeout
+    # turns short write contention into a wait instead of "database is locked".
+    DATABASES["default"]["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+    }
+    # A file, not :memory:, so the live server, the worker thread and the
+    # test share one test database.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-infrasim.sqlite3")}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis: broker, cache, channel layer ----------------------------------------
+REDIS_URL = env_url("REDIS_URL", "redis://127.0.0.1:6379/0", schemes={"redis", "rediss"})
+
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": "infrasim:channels"},
+    }
+}
+
+CELERY_BROKER_URL = REDIS_URL
+CELERY_RESULT_BACKEND = REDIS_URL
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_DEFAULT_QUEUE = "default"
+# A queue per app so a fleet can dedicate workers; hypervisor and gateway hosts
+# get queues of their own when those apps route to them.
+CELERY_APP_QUEUES = ["default", "identity", "mesh", "appliances", "forensics", "swarm"]
+CELERY_TASK_ROUTES = {f"{app}.tasks.*": {"queue": app} for app in CELERY_APP_QUEUES if app != "default"}
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=60)}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BEAT_SCHEDULE = {
+    "purge-abandoned-signups": {"task": "identity.tasks.purge_abandoned_signups", "schedule": 60.0},
+}
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+
+# --- Authentication: passkeys only ----------------------------------------------
+AUTH_USER_MODEL = "identity.User"
+AUTHENTICATION_BACKENDS = ["django_otp_webauthn.backends.WebAuthnBackend"]
+AUTH_PASSWORD_VALIDATORS: list = []
+LOGIN_URL = "identity:signin"
+LOGIN_REDIRECT_URL = "console:dashboard"
+LOGOUT_REDIRECT_URL = "identity:signin"
+
+OTP_WEBAUTHN_RP_ID = WEBAUTHN_RP_ID
+OTP_WEBAUTHN_RP_NAME = WEBAUTHN_RP_NAME
+OTP_WEBAUTHN_ALLOWED_ORIGINS = env_list("WEBAUTHN_ALLOWED_ORIGINS", [WEBAUTHN_RP_ORIGIN])
+OTP_WEBAUTHN_ALLOW_PASSWORDLESS_LOGIN = True
+OTP_WEBAUTHN_HELPER_CLASS = "identity.passkeys.PasskeyHelper"
+OTP_WEBAUTHN_TIMEOUT_SECONDS = env_int("WEBAUTHN_TIMEOUT_SECONDS", 300, minimum=30, maximum=600)
+# A sign-up whose passkey never arrives is deleted after this long.
+SIGNUP_ABANDON_SECONDS = env_int("SIGNUP_ABANDON_SECONDS", 900, minimum=60)
+OPERATOR_ENROLLMENT_SECONDS = env_int("OPERATOR_ENROLLMENT_SECONDS", 86400, minimum=300)
+API_TOKEN_MAX_PER_USER = env_int("API_TOKEN_MAX_PER_USER", 50, minimum=1)
+
+# Sessions end 24 h after sign-in, whatever the activity.
+SESSION_COOKIE_AGE = 24 * 3600
+SESSION_SAVE_EVERY_REQUEST = False
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+SECURE_ORIGIN = WEBAUTHN_RP_ORIGIN.startswith("https://")
+SESSION_COOKIE_SECURE = SECURE_ORIGIN
+CSRF_COOKIE_SECURE = SECURE_ORIGIN
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+
+# --- API ------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "identity.authentication.BearerTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 100,
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    "EXCEPTION_HANDLER": "infrasim_site.api.api_exception_handler",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "InfraSim API",
+    "DESCRIPTION": "Passkey identity, WireGuard mesh, appliances, forensics and the weight swarm.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# --- Static files -----------------------------------------------------------------
+STATIC_URL = "/static/"
+STATIC_ROOT = VAR_DIR / "static"
+# Serve straight from the app folders: one process, no collectstatic step to forget.
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = DEBUG
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO").upper()},
+}

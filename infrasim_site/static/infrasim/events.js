@@ -1,0 +1,24 @@
+// Live status: one WebSocket per page to /ws/events/. Each message becomes a
+// DOM event ("identity-changed", ...) that htmx cards listen for to refresh.
+(function () {
+  "use strict";
+  let delay = 1000;
+
+  function connect() {
+    const scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
+    const socket = new WebSocket(scheme + window.location.host + "/ws/events/");
+    socket.addEventListener("open", () => { delay = 1000; document.body.dataset.events = "connected"; });
+    socket.addEventListener("message", (msg) => {
+      const event = JSON.parse(msg.data);
+      document.body.dispatchEvent(new CustomEvent(event.kind.replace(/\./g, "-"), { detail: event.data }));
+    });
+    socket.addEventListener("close", (e) => {
+      document.body.dataset.events = "disconnected";
+      if (e.code === 4401) return; // signed out: nothing to reconnect to
+      setTimeout(connect, delay);
+      delay = Math.min(delay * 2, 30000);
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", connect);
+})();

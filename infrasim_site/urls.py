@@ -1,0 +1,22 @@
+from django.contrib import admin
+from django.urls import include, path
+from django.views.generic import RedirectView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from infrasim_site import views
+
+admin.site.site_header = "InfraSim operations"
+admin.site.site_title = "InfraSim admin"
+
+urlpatterns = [
+    # The admin has no login form of its own: operators sign in with a passkey.
+    path("admin/login/", views.admin_login),
+    path("admin/", admin.site.urls),
+    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("api/meshnet/", include("identity.api.urls")),
+    path("api/", views.ApiRootView.as_view(), name="api-root"),
+    path("", include(("identity.urls", "identity"), namespace="identity")),
+    path("", include(([path("", views.dashboard, name="dashboard")], "console"))),
+    path("favicon.ico", RedirectView.as_view(url="/static/infrasim/favicon.svg")),
+]

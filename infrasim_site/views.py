@@ -1,0 +1,46 @@
+from django.contrib.auth.decorators import login_required
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.http import urlencode
+from rest_framework.response import Response
+from rest_framework.reverse import reverse as api_reverse
+from rest_framework.views import APIView
+
+from identity import selectors as identity_selectors
+
+
+@login_required
+def dashboard(request, claim_form=None):
+    """The console: one card per capability."""
+    from identity.forms import ClaimHandleForm
+
+    return render(
+        request,
+        "console/dashboard.html",
+        {
+            "identity": identity_selectors.identity_for(request.user),
+            "claim_form": claim_form or ClaimHandleForm(),
+            "passkey_count": identity_selectors.passkeys_for(request.user).count(),
+        },
+        status=400 if claim_form is not None and claim_form.errors else 200,
+    )
+
+
+def admin_login(request):
+    target = request.GET.get("next") or reverse("admin:index")
+    return redirect(f"{reverse('identity:signin')}?{urlencode({'next': target})}")
+
+
+class ApiRootView(APIView):
+    """Entry point of the browsable API."""
+
+    def get(self, request, format=None):
+        return Response(
+            {
+                "me": api_reverse("me", request=request, format=format),
+                "identity": api_reverse("identity", request=request, format=format),
+                "passkeys": api_reverse("passkey-list", request=request, format=format),
+                "tokens": api_reverse("api-token-list", request=request, format=format),
+                "schema": api_reverse("api-schema", request=request),
+            }
+        )

@@ -1,0 +1,77 @@
+"""Real services for the suite: the ASGI app served by uvicorn on a real
+socket, and a Celery worker consuming from the real Redis broker."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import uvicorn
+from django.conf import settings
+
+from tests.bootstrap import LIVE_SERVER_PORT
+
+
+class LiveServer:
+    def __init__(self, port: int):
+        self.port = port
+        self.url = f"http://localhost:{port}"
+        self.ws_url = f"ws://localhost:{port}"
+
+    def __str__(self) -> str:
+        return self.url
+
+
+@pytest.fixture(scope="session")
+def asgi_server(django_db_setup, django_db_blocker):
+    """The whole ASGI application (HTTP and WebSocket) on localhost, in a
+    thread of this process so that it shares the test database."""
+    from infrasim_site.asgi import application
+
+    config = uvicorn.Config(
+        application, host="127.0.0.1", port=LIVE_SERVER_PORT, log_level="warning", ws="websockets-sansio", lifespan="off"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    with django_db_blocker.unblock():
+        thread.start()
+        deadline = time.monotonic() + 20
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.05)
+        yield LiveServer(LIVE_SERVER_PORT)
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture()
+def live(asgi_server, transactional_db):
+    """A live server test: data must be committed for the server to see it."""
+    return asgi_server
+
+
+@pytest.fixture(scope="session")
+def celery_worker_thread(django_db_setup, django_db_blocker):
+    """A real Celery worker on the real Redis broker, consuming every app queue."""
+    from celery.contrib.testing.worker import start_worker
+
+    from infrasim_site.celery import app
+
+    with django_db_blocker.unblock():
+        with start_worker(
+            app,
+            pool="threads",
+            concurrency=2,
+            queues=settings.CELERY_APP_QUEUES,
+            perform_ping_check=False,
+            shutdown_timeout=20,
+            loglevel="WARNING",
+        ) as worker:
+            yield worker
+
+
+@pytest.fixture()
+def worker(celery_worker_thread, transactional_db):
+    return celery_worker_thread
