@@ -14,6 +14,16 @@ class UserAdmin(admin.ModelAdmin):
     search_fields = ["display_name", "account_id", "identity__handle"]
     fields = ["account_id", "display_name", "is_active", "is_staff", "is_superuser", "signup_state", "date_joined", "last_login"]
     readonly_fields = ["account_id", "signup_state", "date_joined", "last_login"]
+    actions = ["issue_enrollment_link"]
+
+    def has_add_permission(self, request):
+        return False  # people sign up with a passkey; operators come from `manage.py createoperator`
+
+    @admin.action(description="Issue a one-time passkey enrollment link (account recovery)")
+    def issue_enrollment_link(self, request, queryset):
+        for user in queryset:
+            token = services.operator_enrollment_issue(user=user, actor=request.user)
+            self.message_user(request, f"{user}: {services.enrollment_url(token)}")
 
 
 class ProvisioningStepInline(admin.TabularInline):

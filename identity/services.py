@@ -19,8 +19,9 @@ from django.http import HttpRequest
 from django.utils import timezone
 from django_otp import login as otp_login
 from django_otp_webauthn import exceptions as webauthn_errors
-from django_otp_webauthn.models import WebAuthnCredential
+from django_otp_webauthn.models import WebAuthnCredential, WebAuthnUserHandle
 from django_otp_webauthn.utils import rewrite_exceptions
+from webauthn import base64url_to_bytes
 
 from forensics import ledger
 from identity import handles
@@ -141,8 +142,14 @@ def passkey_registration_complete(
             ).update(used_at=timezone.now())
             if not consumed:
                 raise PermissionDenied("This enrollment link was used or has expired.", code="enrollment_invalid")
-        with rewrite_exceptions(logger=log):
-            device = PasskeyHelper(request).register_complete(user=user, state=pending["state"], data=credential)
+        try:
+            # A savepoint: on PostgreSQL a failed INSERT would poison the outer transaction.
+            with transaction.atomic(), rewrite_exceptions(logger=log):
+                device = PasskeyHelper(request).register_complete(user=user, state=pending["state"], data=credential)
+        except IntegrityError:
+            # The credential id is unique: an authenticator (or a forger) sent
+            # the id of a passkey that is already registered.
+            raise Conflict("This passkey is already registered.", code="passkey_exists") from None
         device.name = name or f"Passkey {user.webauthncredential_set.count()}"
         device.save(update_fields=["name"])
         if user.signup_state != User.SignupState.ACTIVE:
@@ -180,6 +187,10 @@ def passkey_authentication_complete(*, request: HttpRequest, credential: dict) -
         raise InvalidInput("Expected the AuthenticationResponseJSON object.", field="credential", code="invalid_type")
     with transaction.atomic(), rewrite_exceptions(logger=log):
         device = PasskeyHelper(request).authenticate_complete(user=None, state=state, data=credential)
+        # The server named no credential, so the response must say whose it
+        # is, and that must be the passkey's owner (WebAuthn §7.2 step 6).
+        # Raised inside the transaction: the new sign count is not kept.
+        _check_user_handle(device, credential)
     user = device.user
     if not device.confirmed:
         raise webauthn_errors.CredentialDisabled()
@@ -187,6 +198,20 @@ def passkey_authentication_complete(*, request: HttpRequest, credential: dict) -
         raise webauthn_errors.UserDisabled()
     _sign_in(request, user, device)
     return user
+
+
+def _check_user_handle(device: WebAuthnCredential, credential: dict) -> None:
+    response = credential.get("response")
+    raw = response.get("userHandle") if isinstance(response, dict) else None
+    try:
+        handle = base64url_to_bytes(raw) if isinstance(raw, str) and raw else None
+    except (ValueError, TypeError):
+        handle = None
+    owner_handle = WebAuthnUserHandle.objects.filter(user_id=device.user_id).values_list("handle_hex", flat=True).first()
+    if handle is None or owner_handle is None or not secrets.compare_digest(handle.hex(), owner_handle):
+        raise webauthn_errors.UnprocessableEntity(
+            code="user_handle_mismatch", detail="The passkey's user handle does not match its account."
+        )
 
 
 def _sign_in(request: HttpRequest, user: User, device: WebAuthnCredential) -> None:
@@ -461,12 +486,20 @@ def operator_create(*, display_name: str) -> tuple[User, str]:
     return user, token
 
 
-def operator_enrollment_issue(*, user: User) -> str:
+def operator_enrollment_issue(*, user: User, actor: User | None = None) -> str:
+    """A one-time link to register a passkey for `user`: an operator's first
+    passkey, or account recovery issued by an operator."""
     token = secrets.token_urlsafe(32)
-    OperatorEnrollment.objects.create(
+    enrollment = OperatorEnrollment.objects.create(
         user=user,
         token_hash=_hash_secret(token),
         expires_at=timezone.now() + timedelta(seconds=settings.OPERATOR_ENROLLMENT_SECONDS),
+    )
+    ledger.record(
+        kind="identity.enrollment.issued",
+        actor=ledger.actor_label(actor),
+        subject=f"user:{user.pk}",
+        payload={"enrollment": enrollment.pk, "expires_at": enrollment.expires_at.isoformat()},
     )
     return token
 

@@ -1,3 +1,4 @@
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -27,6 +28,9 @@ def dashboard(request, claim_form=None):
 
 
 def admin_login(request):
+    if request.user.is_authenticated and not request.user.is_staff:
+        messages.error(request, "The admin is for operators.")
+        return redirect("console:dashboard")
     target = request.GET.get("next") or reverse("admin:index")
     return redirect(f"{reverse('identity:signin')}?{urlencode({'next': target})}")
 

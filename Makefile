@@ -1,0 +1,45 @@
+# Two commands for a fresh machine: `make run` and `make test`.
+# Both install what is missing: Debian/Ubuntu packages (as root), then a
+# virtualenv with the pinned Python packages.
+
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+SYSTEM_PACKAGES := python3-venv python3-dev gcc pkg-config libvirt-dev redis-server chromium \
+	qemu-system-x86 qemu-utils libvirt-daemon libvirt-clients wireguard-tools wireguard-go \
+	iproute2 iputils-ping knot knot-dnsutils
+PYTEST_ARGS ?=
+
+.PHONY: run test install system-packages clean
+
+run: install
+	$(PY) -m infrasim_site.stack
+
+# pytest exits 5 when it collected no tests; make treats that as the failure it is.
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+install: system-packages $(VENV)/.installed
+
+system-packages:
+	@missing=""; \
+	for pkg in $(SYSTEM_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "Installing system packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  else \
+	    echo "Missing system packages:$$missing. Install them (as root: apt-get install$$missing)."; exit 1; \
+	  fi; \
+	fi
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .hypothesis

@@ -1,0 +1,73 @@
+import re
+
+import pytest
+from django.test import Client
+
+from forensics.models import LedgerEntry
+from identity.models import Identity, User
+from identity.services import identity_claim
+
+BACKEND = "django_otp_webauthn.backends.WebAuthnBackend"
+
+
+@pytest.fixture()
+def operator_client(db):
+    operator = User.objects.create_user(display_name="Olga", is_staff=True, is_superuser=True, signup_state="active")
+    client = Client()
+    client.force_login(operator, backend=BACKEND)
+    return client
+
+
+def test_admin_sign_in_goes_through_the_passkey_page(client):
+    response = client.get("/admin/login/?next=/admin/")
+    assert response.status_code == 302
+    assert response["Location"] == "/signin/?next=%2Fadmin%2F"
+    assert client.get("/admin/", follow=True).redirect_chain[-1][0].startswith("/signin/")
+
+
+def test_no_admin_page_has_a_password_field(operator_client):
+    user = User.objects.create_user(display_name="Uma", signup_state="active")
+    for url in ["/admin/", f"/admin/identity/user/{user.pk}/change/", "/admin/identity/user/"]:
+        html = operator_client.get(url).content.decode()
+        assert not re.search(r'type="password"|name="password', html), url
+    assert operator_client.get("/admin/identity/user/add/").status_code == 403
+
+
+def test_a_user_who_is_not_an_operator_cannot_use_the_admin(db):
+    user = User.objects.create_user(display_name="Uma", signup_state="active")
+    client = Client()
+    client.force_login(user, backend=BACKEND)
+    response = client.get("/admin/", follow=True)
+    assert response.redirect_chain[-1][0] == "/"
+    assert "The admin is for operators." in response.content.decode()
+
+
+def test_operator_retries_provisioning_from_the_admin(operator_client):
+    user = User.objects.create_user(display_name="Rita", signup_state="active")
+    identity = identity_claim(actor=user, handle="rita")
+    response = operator_client.post(
+        "/admin/identity/identity/", {"action": "retry_provisioning", "_selected_action": [identity.pk]}, follow=True
+    )
+    assert response.status_code == 200
+    identity.refresh_from_db()
+    assert identity.status == Identity.Status.PENDING
+    assert identity.steps.count() == 3
+    assert LedgerEntry.objects.filter(kind="identity.provisioning.requested", subject=f"identity:{identity.pk}").exists()
+
+
+def test_the_ledger_is_read_only_in_the_admin(operator_client):
+    entry = LedgerEntry.objects.create(kind="k", actor="system", subject="s", leaf_hash="00")
+    assert operator_client.get(f"/admin/forensics/ledgerentry/{entry.pk}/change/").status_code == 200
+    assert operator_client.post(f"/admin/forensics/ledgerentry/{entry.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert LedgerEntry.objects.filter(pk=entry.pk).exists()
+
+
+def test_operator_issues_a_recovery_enrollment_link(operator_client):
+    user = User.objects.create_user(display_name="Lost Keys", signup_state="active")
+    response = operator_client.post(
+        "/admin/identity/user/", {"action": "issue_enrollment_link", "_selected_action": [user.pk]}, follow=True
+    )
+    link = re.search(r"http://localhost:\d+/enroll/([\w-]+)/", response.content.decode())
+    assert link, "the link is shown to the operator"
+    assert Client().get(f"/enroll/{link.group(1)}/").status_code == 200
+    assert LedgerEntry.objects.filter(kind="identity.enrollment.issued", subject=f"user:{user.pk}").exists()

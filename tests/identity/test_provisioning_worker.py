@@ -1,0 +1,64 @@
+import asyncio
+import json
+import time
+
+import websockets
+from django.test import Client
+
+from identity.models import Identity, ProvisioningStep, User
+from identity.services import identity_claim, identity_provision, identity_start_provisioning
+
+
+def wait_for(predicate, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("condition not reached in time")
+
+
+def test_provisioning_runs_on_the_worker_and_reports_unconfigured_providers_honestly(live, worker):
+    user = User.objects.create_user(display_name="Dora", signup_state="active")
+    identity_claim(actor=user, handle="dora")
+    client = Client()
+    client.force_login(user, backend="django_otp_webauthn.backends.WebAuthnBackend")
+    headers = {"Cookie": f"sessionid={client.cookies['sessionid'].value}", "Origin": live.url}
+
+    async def watch_events():
+        async with websockets.connect(f"{live.ws_url}/ws/events/", additional_headers=headers) as socket:
+            assert json.loads(await socket.recv())["kind"] == "hello"
+            await asyncio.to_thread(identity_start_provisioning, actor=user)
+            seen = []
+            while not seen or seen[-1]["status"] not in {"active", "incomplete", "failed"}:
+                event = json.loads(await asyncio.wait_for(socket.recv(), 20))
+                assert event["kind"] == "identity.changed"
+                seen.append(event["data"])
+            return seen
+
+    events = asyncio.run(watch_events())
+    assert events[0]["status"] == "pending"
+    final = events[-1]
+    assert final["status"] == "incomplete"
+    assert {step["kind"]: step["status"] for step in final["steps"]} == {
+        "dns": "not_configured", "matrix": "not_configured", "s3": "not_configured"
+    }
+    identity = Identity.objects.get(user=user)
+    assert identity.status == Identity.Status.INCOMPLETE
+    assert set(identity.steps.values_list("status", flat=True)) == {ProvisioningStep.Status.NOT_CONFIGURED}
+
+
+def test_a_redelivered_provisioning_task_does_not_redo_finished_work(db):
+    user = User.objects.create_user(display_name="Eve", signup_state="active")
+    identity_claim(actor=user, handle="evelyn")
+    identity = identity_start_provisioning(actor=user)
+    first = identity_provision(identity_id=identity.pk)
+    attempts = dict(first.steps.values_list("kind", "attempts"))
+    again = identity_provision(identity_id=identity.pk)
+    assert again.status == first.status
+    assert dict(again.steps.values_list("kind", "attempts")) == attempts
+
+
+def test_a_task_for_a_deleted_identity_returns_quietly(db):
+    assert identity_provision(identity_id=987654) is None
