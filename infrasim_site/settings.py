@@ -76,6 +76,52 @@ if not (_origin_host == WEBAUTHN_RP_ID or _origin_host.endswith("." + WEBAUTHN_R
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", [_origin_host, "localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [WEBAUTHN_RP_ORIGIN])
 
+# --- Provisioning backends (each off until its server is named) -------------------
+# DNS: RFC 2136 updates signed with TSIG, against any authoritative server.
+DNS_SERVER = env_str("DNS_SERVER", "")
+DNS_PORT = env_int("DNS_PORT", 53, minimum=1, maximum=65535)
+DNS_ZONE = env_domain("DNS_ZONE", BASE_DOMAIN)
+DNS_TSIG_KEY_NAME = env_str("DNS_TSIG_KEY_NAME", "")
+DNS_TSIG_ALGORITHM = env_str("DNS_TSIG_ALGORITHM", "hmac-sha256")
+DNS_TSIG_SECRET = env_str("DNS_TSIG_SECRET", "")
+DNS_TARGET_A = env_list("DNS_TARGET_A", [])
+DNS_TARGET_AAAA = env_list("DNS_TARGET_AAAA", [])
+DNS_TARGET_CNAME = env_str("DNS_TARGET_CNAME", "")
+DNS_TTL = env_int("DNS_TTL", 300, minimum=1, maximum=86400)
+if DNS_SERVER:
+    if not (BASE_DOMAIN == DNS_ZONE or BASE_DOMAIN.endswith("." + DNS_ZONE)):
+        raise ImproperlyConfigured(f"DNS_ZONE: BASE_DOMAIN {BASE_DOMAIN!r} is not inside the zone {DNS_ZONE!r}")
+    for _name in ("DNS_TSIG_KEY_NAME", "DNS_TSIG_SECRET"):
+        if not globals()[_name]:
+            raise ImproperlyConfigured(f"{_name}: required when DNS_SERVER is set")
+    if DNS_TSIG_ALGORITHM not in {"hmac-sha256", "hmac-sha384", "hmac-sha512", "hmac-sha224", "hmac-sha1"}:
+        raise ImproperlyConfigured(f"DNS_TSIG_ALGORITHM: unsupported {DNS_TSIG_ALGORITHM!r}")
+    if not (DNS_TARGET_A or DNS_TARGET_AAAA or DNS_TARGET_CNAME):
+        raise ImproperlyConfigured("DNS_TARGET_A: name at least one of DNS_TARGET_A, DNS_TARGET_AAAA, DNS_TARGET_CNAME")
+    if DNS_TARGET_CNAME and (DNS_TARGET_A or DNS_TARGET_AAAA):
+        raise ImproperlyConfigured("DNS_TARGET_CNAME: a CNAME cannot sit beside A/AAAA records; use one or the other")
+    for _address in DNS_TARGET_A:
+        if not re.fullmatch(r"(\d{1,3}\.){3}\d{1,3}", _address):
+            raise ImproperlyConfigured(f"DNS_TARGET_A: not an IPv4 address: {_address!r}")
+
+# Matrix: a Synapse homeserver's admin API.
+MATRIX_HOMESERVER_URL = (
+    env_url("MATRIX_HOMESERVER_URL", "", schemes={"http", "https"}) if env_str("MATRIX_HOMESERVER_URL", "") else ""
+)
+MATRIX_ADMIN_TOKEN = env_str("MATRIX_ADMIN_TOKEN", "")
+if MATRIX_HOMESERVER_URL and not MATRIX_ADMIN_TOKEN:
+    raise ImproperlyConfigured("MATRIX_ADMIN_TOKEN: required when MATRIX_HOMESERVER_URL is set")
+
+# S3: any S3-compatible endpoint.
+S3_ENDPOINT_URL = env_url("S3_ENDPOINT_URL", "", schemes={"http", "https"}) if env_str("S3_ENDPOINT_URL", "") else ""
+S3_REGION = env_str("S3_REGION", "us-east-1")
+S3_ACCESS_KEY_ID = env_str("S3_ACCESS_KEY_ID", "")
+S3_SECRET_ACCESS_KEY = env_str("S3_SECRET_ACCESS_KEY", "")
+if S3_ENDPOINT_URL and not (S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY):
+    raise ImproperlyConfigured("S3_ACCESS_KEY_ID: S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY are required with S3_ENDPOINT_URL")
+PROVISIONING_MAX_ATTEMPTS = env_int("PROVISIONING_MAX_ATTEMPTS", 5, minimum=1, maximum=50)
+PROVISIONING_BACKOFF_SECONDS = env_int("PROVISIONING_BACKOFF_SECONDS", 2, minimum=0, maximum=3600)
+
 # --- Secrets at rest --------------------------------------------------------
 INFRASIM_MASTER_KEY = load_master_key(
     inline=env_str("INFRASIM_MASTER_KEY", ""),
