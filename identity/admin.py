@@ -1,6 +1,6 @@
 from django.contrib import admin, messages
 
-from identity import services
+from identity import provisioning, services
 from identity.models import ApiToken, Identity, OperatorEnrollment, ProvisioningStep, User
 from infrasim_site.errors import ServiceError
 
@@ -52,7 +52,7 @@ class IdentityAdmin(admin.ModelAdmin):
     def retry_provisioning(self, request, queryset):
         for identity in queryset.select_related("user"):
             try:
-                services.identity_start_provisioning(actor=identity.user)
+                provisioning.identity_start_provisioning(actor=identity.user, requested_by=request.user)
             except ServiceError as exc:
                 self.message_user(request, f"{identity}: {exc.message}", messages.ERROR)
         self.message_user(request, "Provisioning queued.")

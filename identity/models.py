@@ -69,6 +69,7 @@ class Identity(models.Model):
         ACTIVE = "active", "active"
         INCOMPLETE = "incomplete", "incomplete"
         FAILED = "failed", "failed"
+        CANCELLING = "cancelling", "cancelling"
 
     user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="identity")
     handle = models.CharField(max_length=32, help_text="Normalised: NFKC, lower-case.")
@@ -114,15 +115,23 @@ class ProvisioningStep(models.Model):
     class Status(models.TextChoices):
         PENDING = "pending", "pending"
         RUNNING = "running", "running"
+        RETRYING = "retrying", "retrying"
         SUCCEEDED = "succeeded", "succeeded"
         FAILED = "failed", "failed"
         NOT_CONFIGURED = "not_configured", "not configured"
+        REMOVING = "removing", "removing"
+        REMOVED = "removed", "removed"
+
+    # Statuses in which a worker still owes the step some work.
+    OPEN = (Status.PENDING, Status.RUNNING, Status.RETRYING, Status.REMOVING)
 
     identity = models.ForeignKey(Identity, on_delete=models.CASCADE, related_name="steps")
     kind = models.CharField(max_length=10, choices=Kind.choices)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
     attempts = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True)
+    detail = models.CharField(max_length=300, blank=True, help_text="What the backend reported on success.")
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 

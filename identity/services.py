@@ -13,7 +13,6 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth import login as django_login
-from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.http import HttpRequest
 from django.utils import timezone
@@ -24,11 +23,9 @@ from django_otp_webauthn.utils import rewrite_exceptions
 from webauthn import base64url_to_bytes
 
 from forensics import ledger
-from identity import handles
-from identity.models import ApiToken, Identity, OperatorEnrollment, ProvisioningStep, User
+from identity.models import ApiToken, OperatorEnrollment, User
 from identity.passkeys import PasskeyHelper
 from infrasim_site.errors import Conflict, InvalidInput, NotFound, PermissionDenied
-from infrasim_site.events import publish_to_user
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +129,8 @@ def passkey_registration_complete(
     if purpose == "add" and (not request.user.is_authenticated or request.user.pk != pending["user_id"]):
         raise webauthn_errors.InvalidState()
 
+    credential = _with_clean_extension_results(credential)
+
     with transaction.atomic():
         user = User.objects.select_for_update().filter(pk=pending["user_id"], is_active=True).first()
         if user is None:
@@ -166,6 +165,17 @@ def passkey_registration_complete(
     return device
 
 
+def _with_clean_extension_results(credential: dict) -> dict:
+    """clientExtensionResults is unsigned and only informs the passkey list
+    (credProps.rk: "discoverable"); keep just a well-formed rk, since the
+    helper indexes into whatever it is given."""
+    results = credential.get("clientExtensionResults")
+    cred_props = results.get("credProps") if isinstance(results, dict) else None
+    rk = cred_props.get("rk") if isinstance(cred_props, dict) else None
+    clean = {"credProps": {"rk": rk}} if isinstance(rk, bool) else {}
+    return {**credential, "clientExtensionResults": clean}
+
+
 # --- Passkey sign-in ------------------------------------------------------------
 
 
@@ -185,6 +195,10 @@ def passkey_authentication_complete(*, request: HttpRequest, credential: dict) -
         raise webauthn_errors.InvalidState()
     if not isinstance(credential, dict):
         raise InvalidInput("Expected the AuthenticationResponseJSON object.", field="credential", code="invalid_type")
+    response = credential.get("response")
+    if isinstance(response, dict) and response.get("userHandle") and _decode_base64url(response["userHandle"]) is None:
+        # py_webauthn decodes userHandle outside its own error handling.
+        raise webauthn_errors.UnprocessableEntity(code="invalid_user_handle", detail="userHandle is not base64url.")
     with transaction.atomic(), rewrite_exceptions(logger=log):
         device = PasskeyHelper(request).authenticate_complete(user=None, state=state, data=credential)
         # The server named no credential, so the response must say whose it
@@ -200,15 +214,20 @@ def passkey_authentication_complete(*, request: HttpRequest, credential: dict) -
     return user
 
 
+def _decode_base64url(value) -> bytes | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return base64url_to_bytes(value)
+    except ValueError:  # binascii.Error
+        return None
+
+
 def _check_user_handle(device: WebAuthnCredential, credential: dict) -> None:
     response = credential.get("response")
-    raw = response.get("userHandle") if isinstance(response, dict) else None
-    try:
-        handle = base64url_to_bytes(raw) if isinstance(raw, str) and raw else None
-    except (ValueError, TypeError):
-        handle = None
+    handle = _decode_base64url(response.get("userHandle")) if isinstance(response, dict) else None
     owner_handle = WebAuthnUserHandle.objects.filter(user_id=device.user_id).values_list("handle_hex", flat=True).first()
-    if handle is None or owner_handle is None or not secrets.compare_digest(handle.hex(), owner_handle):
+    if not handle or owner_handle is None or not secrets.compare_digest(handle.hex(), owner_handle):
         raise webauthn_errors.UnprocessableEntity(
             code="user_handle_mismatch", detail="The passkey's user handle does not match its account."
         )
@@ -257,155 +276,6 @@ def passkey_delete(*, actor: User, passkey_id: int) -> None:
         subject=f"user:{actor.pk}",
         payload={"passkey": passkey_id},
     )
-
-
-# --- Handles --------------------------------------------------------------------
-
-
-def identity_claim(*, actor: User, handle: str) -> Identity:
-    """Reserve a handle for the actor: 400 naming the broken rule, 409 when
-    the handle (or a look-alike of it) belongs to somebody else."""
-    try:
-        normalized = handles.validate_handle(handle)
-    except ValidationError as exc:
-        raise InvalidInput(exc.messages[0], field="handle", code=exc.code) from None
-    existing = Identity.objects.filter(user=actor).first()
-    if existing:
-        if existing.handle == normalized:
-            return existing
-        raise Conflict(f"You already hold the handle '{existing.handle}'.", field="handle", code="already_claimed")
-    skeleton = handles.skeleton(normalized)
-    clash = Identity.objects.filter(handle_skeleton=skeleton).values_list("handle", flat=True).first()
-    if clash:
-        raise _taken(normalized, clash)
-    try:
-        with transaction.atomic():
-            identity = Identity(user=actor, handle=normalized, handle_skeleton=skeleton)
-            identity.full_clean(validate_constraints=False)
-            identity.save()
-            ledger.record(
-                kind="identity.handle.claimed",
-                actor=ledger.actor_label(actor),
-                subject=f"identity:{identity.pk}",
-                payload={"handle": normalized},
-            )
-    except IntegrityError:
-        # Lost a race to a parallel claim: the database constraint decided.
-        if Identity.objects.filter(user=actor).exists():
-            raise Conflict("You already hold a handle.", field="handle", code="already_claimed") from None
-        clash = Identity.objects.filter(handle_skeleton=skeleton).values_list("handle", flat=True).first()
-        raise _taken(normalized, clash or normalized) from None
-    publish_to_user(actor.pk, kind="identity.changed", data=identity_payload(identity))
-    return identity
-
-
-def _taken(handle: str, holder: str) -> Conflict:
-    if holder == handle:
-        return Conflict(f"The handle '{handle}' is taken.", field="handle", code="taken")
-    return Conflict(f"'{handle}' looks too much like the existing handle '{holder}'.", field="handle", code="confusable")
-
-
-def identity_payload(identity: Identity | None) -> dict | None:
-    if identity is None:
-        return None
-    return {
-        "handle": identity.handle,
-        "subdomain": identity.subdomain,
-        "matrix_id": identity.matrix_id,
-        "bucket": identity.bucket,
-        "status": identity.status,
-        "steps": [
-            {"kind": s.kind, "status": s.status, "attempts": s.attempts, "last_error": s.last_error}
-            for s in identity.steps.all()
-        ],
-    }
-
-
-@transaction.atomic
-def identity_start_provisioning(*, actor: User) -> Identity:
-    """Queue provisioning of the actor's handle. Starting twice is harmless."""
-    identity = Identity.objects.select_for_update().filter(user=actor).first()
-    if identity is None:
-        raise Conflict("Claim a handle first.", field="handle", code="no_handle")
-    if identity.status in {Identity.Status.PENDING, Identity.Status.PROVISIONING, Identity.Status.ACTIVE}:
-        return identity
-    for kind in ProvisioningStep.Kind.values:
-        ProvisioningStep.objects.get_or_create(identity=identity, kind=kind)
-    identity.steps.exclude(status=ProvisioningStep.Status.SUCCEEDED).update(
-        status=ProvisioningStep.Status.PENDING, last_error=""
-    )
-    identity.status = Identity.Status.PENDING
-    identity.save(update_fields=["status", "updated_at"])
-    ledger.record(
-        kind="identity.provisioning.requested",
-        actor=ledger.actor_label(actor),
-        subject=f"identity:{identity.pk}",
-        payload={"handle": identity.handle},
-    )
-    from identity.tasks import provision_identity
-
-    transaction.on_commit(lambda: provision_identity.delay(identity.pk))
-    publish_to_user(actor.pk, kind="identity.changed", data=identity_payload(identity))
-    return identity
-
-
-def identity_provision(*, identity_id: int) -> Identity | None:
-    """Worker side: claim the queued identity and run each step that is not
-    done. A provider that is not configured is recorded as such, never as a
-    success."""
-    claimed = Identity.objects.filter(pk=identity_id, status=Identity.Status.PENDING).update(
-        status=Identity.Status.PROVISIONING, updated_at=timezone.now()
-    )
-    identity = Identity.objects.filter(pk=identity_id).first()
-    if identity is None or not claimed and identity.status != Identity.Status.PROVISIONING:
-        return identity
-    for step in identity.steps.exclude(status=ProvisioningStep.Status.SUCCEEDED):
-        _run_step(identity, step)
-    with transaction.atomic():
-        done = all(s.status == ProvisioningStep.Status.SUCCEEDED for s in identity.steps.all())
-        failed = any(s.status == ProvisioningStep.Status.FAILED for s in identity.steps.all())
-        identity.status = (
-            Identity.Status.ACTIVE if done else Identity.Status.FAILED if failed else Identity.Status.INCOMPLETE
-        )
-        identity.save(update_fields=["status", "updated_at"])
-        ledger.record(
-            kind="identity.provisioning.finished",
-            actor="system",
-            subject=f"identity:{identity.pk}",
-            payload={"status": identity.status},
-        )
-        publish_to_user(identity.user_id, kind="identity.changed", data=identity_payload(identity))
-    return identity
-
-
-def _run_step(identity: Identity, step: ProvisioningStep) -> None:
-    from identity.providers import provider_for
-
-    provider = provider_for(step.kind)
-    now = timezone.now()
-    with transaction.atomic():
-        step.attempts += 1
-        step.started_at = now
-        if provider is None:
-            step.status = ProvisioningStep.Status.NOT_CONFIGURED
-            step.last_error = ""
-            step.finished_at = now
-        else:
-            step.status = ProvisioningStep.Status.RUNNING
-        step.save()
-        publish_to_user(identity.user_id, kind="identity.changed", data=identity_payload(identity))
-    if provider is None:
-        return
-    try:
-        provider.provision(identity)
-    except Exception as exc:  # a provider's failure is the step's state, shown to the user
-        step.status, step.last_error = ProvisioningStep.Status.FAILED, str(exc)[:2000]
-    else:
-        step.status, step.last_error = ProvisioningStep.Status.SUCCEEDED, ""
-    step.finished_at = timezone.now()
-    with transaction.atomic():
-        step.save()
-        publish_to_user(identity.user_id, kind="identity.changed", data=identity_payload(identity))
 
 
 # --- API tokens -----------------------------------------------------------------

@@ -1,12 +1,21 @@
+"""Thin Celery tasks: take ids, call a service, return quietly if the row is gone."""
+
 from celery import shared_task
 
-from identity import services
+from identity import provisioning, services
 
 
-@shared_task(name="identity.tasks.provision_identity", acks_late=True)
-def provision_identity(identity_id: int) -> str | None:
-    identity = services.identity_provision(identity_id=identity_id)
-    return identity.status if identity else None
+@shared_task(name="identity.tasks.provision_step", acks_late=True)
+def provision_step(step_id: int) -> str | None:
+    step = provisioning.identity_provision_step(step_id=step_id)
+    return step.status if step else None
+
+
+@shared_task(name="identity.tasks.deprovision_identity", acks_late=True)
+def deprovision_identity(identity_id: int, attempt: int = 1) -> None:
+    retry_in = provisioning.identity_deprovision(identity_id=identity_id, attempt=attempt)
+    if retry_in is not None:
+        deprovision_identity.apply_async((identity_id, attempt + 1), countdown=retry_in)
 
 
 @shared_task(name="identity.tasks.purge_abandoned_signups")

@@ -11,7 +11,7 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from identity import selectors, services
+from identity import provisioning, selectors, services
 from identity.forms import ClaimHandleForm, CreateTokenForm, RenameForm
 from infrasim_site.errors import ServiceError
 
@@ -132,7 +132,7 @@ def identity_claim(request):
     form = ClaimHandleForm(request.POST)
     if form.is_valid():
         try:
-            services.identity_claim(actor=request.user, handle=form.cleaned_data["handle"])
+            provisioning.identity_claim(actor=request.user, handle=form.cleaned_data["handle"])
         except ServiceError as exc:
             form.add_error("handle", exc.message)
     return _identity_card(request, form)
@@ -143,7 +143,7 @@ def identity_claim(request):
 def identity_provision(request):
     form = ClaimHandleForm()
     try:
-        services.identity_start_provisioning(actor=request.user)
+        provisioning.identity_start_provisioning(actor=request.user)
     except ServiceError as exc:
         form.add_error(None, exc.message)
     return _identity_card(request, form)

@@ -4,6 +4,7 @@ DRF's standard JSON error bodies with the right 4xx status."""
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django_otp_webauthn.exceptions import OTPWebAuthnApiError
 from rest_framework import exceptions as drf_exceptions
+from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from infrasim_site.errors import ServiceError
@@ -24,3 +25,10 @@ def api_exception_handler(exc, context):
     elif isinstance(exc, OTPWebAuthnApiError):
         exc = _ApiError(exc.status_code, {"detail": str(exc.detail), "code": exc.code})
     return drf_exception_handler(exc, context)
+
+
+class Pagination(LimitOffsetPagination):
+    """LimitOffsetPagination with a ceiling: an unbounded ?limit= reaches the
+    database as a LIMIT it cannot represent (SQLite: "datatype mismatch", a 500)."""
+
+    max_limit = 1000

@@ -3,6 +3,8 @@ from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import urlencode
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
 from rest_framework.response import Response
 from rest_framework.reverse import reverse as api_reverse
 from rest_framework.views import APIView
@@ -38,6 +40,7 @@ def admin_login(request):
 class ApiRootView(APIView):
     """Entry point of the browsable API."""
 
+    @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request, format=None):
         return Response(
             {

@@ -9,22 +9,38 @@ class RegistrationOptionsRequest(serializers.Serializer):
     enrollment_token = serializers.CharField(required=False, max_length=256)
 
 
+class Base64UrlField(serializers.RegexField):
+    """A base64url string (padding optional) that decodes: a length of 4n+1
+    characters cannot, whatever the alphabet."""
+
+    default_error_messages = {"invalid": "Not a base64url string."}
+
+    def __init__(self, **kwargs):
+        super().__init__(r"^[A-Za-z0-9_-]*={0,2}$", **kwargs)
+
+    def to_internal_value(self, data):
+        value = super().to_internal_value(data)
+        if len(value.rstrip("=")) % 4 == 1:
+            self.fail("invalid")
+        return value
+
+
 class _AttestationResponse(serializers.Serializer):
-    clientDataJSON = serializers.CharField(max_length=8192)
-    attestationObject = serializers.CharField(max_length=65536)
+    clientDataJSON = Base64UrlField(max_length=8192)
+    attestationObject = Base64UrlField(max_length=65536)
     transports = serializers.ListField(child=serializers.CharField(max_length=32), required=False, max_length=16)
 
 
 class _AssertionResponse(serializers.Serializer):
-    clientDataJSON = serializers.CharField(max_length=8192)
-    authenticatorData = serializers.CharField(max_length=8192)
-    signature = serializers.CharField(max_length=2048)
-    userHandle = serializers.CharField(required=False, allow_null=True, allow_blank=True, max_length=512)
+    clientDataJSON = Base64UrlField(max_length=8192)
+    authenticatorData = Base64UrlField(max_length=8192)
+    signature = Base64UrlField(max_length=2048)
+    userHandle = Base64UrlField(required=False, allow_null=True, allow_blank=True, max_length=512)
 
 
 class _PublicKeyCredential(serializers.Serializer):
-    id = serializers.RegexField(r"^[A-Za-z0-9_-]+={0,2}$", max_length=1400)
-    rawId = serializers.RegexField(r"^[A-Za-z0-9_-]+={0,2}$", max_length=1400)
+    id = Base64UrlField(max_length=1400)
+    rawId = Base64UrlField(max_length=1400)
     type = serializers.ChoiceField(choices=["public-key"])
     authenticatorAttachment = serializers.CharField(required=False, allow_null=True, max_length=32)
     clientExtensionResults = serializers.DictField(required=False)
@@ -55,6 +71,8 @@ class ProvisioningStepSerializer(serializers.Serializer):
     status = serializers.CharField()
     attempts = serializers.IntegerField()
     last_error = serializers.CharField()
+    detail = serializers.CharField()
+    next_attempt_at = serializers.DateTimeField(allow_null=True)
 
 
 class IdentitySerializer(serializers.Serializer):
@@ -69,6 +87,16 @@ class IdentitySerializer(serializers.Serializer):
 class MeSerializer(serializers.Serializer):
     user = UserSerializer()
     identity = IdentitySerializer(allow_null=True)
+
+
+class AvailabilityRequest(serializers.Serializer):
+    handle = serializers.CharField(max_length=256, trim_whitespace=False)
+
+
+class AvailabilitySerializer(serializers.Serializer):
+    handle = serializers.CharField()
+    available = serializers.BooleanField()
+    checks = serializers.DictField(child=serializers.CharField(), help_text="database, dns, matrix, s3: available, taken, not_configured or unknown: <why>")
 
 
 class ClaimHandleRequest(serializers.Serializer):

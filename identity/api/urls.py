@@ -16,5 +16,7 @@ urlpatterns = [
     path("me", views.MeView.as_view(), name="me"),
     path("identity", views.IdentityView.as_view(), name="identity"),
     path("identity/provision", views.IdentityProvisionView.as_view(), name="identity-provision"),
+    path("identity/availability", views.IdentityAvailabilityView.as_view(), name="identity-availability"),
+    path("identity/cancel", views.IdentityCancelView.as_view(), name="identity-cancel"),
     *router.urls,
 ]

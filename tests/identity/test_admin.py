@@ -5,7 +5,7 @@ from django.test import Client
 
 from forensics.models import LedgerEntry
 from identity.models import Identity, User
-from identity.services import identity_claim
+from identity.provisioning import identity_claim
 
 BACKEND = "django_otp_webauthn.backends.WebAuthnBackend"
 

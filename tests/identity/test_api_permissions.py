@@ -37,6 +37,7 @@ PROTECTED = [
     ("get", f"{API}/tokens/1"),
     ("delete", f"{API}/tokens/1"),
     ("get", "/api/schema/"),
+    ("get", "/api/docs/"),
     ("get", "/api/"),
 ]
 
@@ -275,3 +276,27 @@ def test_a_registration_started_by_one_user_cannot_be_finished_by_another(alice,
     assert response.status_code == 400, response.content
     assert WebAuthnCredential.objects.filter(user__account_id=bob.account_id).count() == 1
     assert WebAuthnCredential.objects.filter(user__account_id=alice.account_id).count() == 1
+
+
+# --- Listings ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("resource", ["passkeys", "tokens"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "limit=100000000000000000000",
+        "limit=9223372036854775808",
+        "offset=100000000000000000000",
+        "offset=9223372036854775807&limit=9223372036854775807",
+        "offset=-1",
+        "limit=-5",
+        "limit=abc",
+        "limit=0",
+    ],
+)
+def test_list_paging_parameters_never_break_a_listing(alice, resource, query):
+    create_token(alice)
+    response = alice.get(f"{API}/{resource}?{query}")
+    assert response.status_code == 200, response.content
+    assert response.json()["count"] == 1

@@ -3,7 +3,7 @@ import threading
 from django.db import connection
 
 from identity.models import Identity, User
-from identity.services import identity_claim
+from identity.provisioning import identity_claim
 from infrasim_site.errors import Conflict
 
 

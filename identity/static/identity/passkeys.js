@@ -58,10 +58,11 @@
     };
   }
 
-  async function post(path, body) {
+  async function post(path, body, signal) {
     const resp = await fetch(API + path, {
       method: "POST",
       credentials: "same-origin",
+      signal: signal,
       headers: { "Content-Type": "application/json", "X-CSRFToken": document.body.dataset.csrf },
       body: JSON.stringify(body || {}),
     });
@@ -77,9 +78,16 @@
   function showError(err) {
     const box = document.getElementById("passkey-error");
     if (!box) return;
-    const text = err && err.name === "NotAllowedError"
-      ? "The passkey request was cancelled or not allowed."
-      : (err && err.message) || String(err);
+    let text;
+    if (err && err.name === "NotAllowedError") {
+      text = "The passkey request was cancelled or not allowed.";
+    } else if (err && err.name === "InvalidStateError") {
+      // excludeCredentials matched: this authenticator already holds one of
+      // the account's passkeys.
+      text = "This device already holds a passkey for your account. Use another device or security key.";
+    } else {
+      text = (err && err.message) || String(err);
+    }
     box.textContent = text;
     box.hidden = false;
   }
@@ -95,12 +103,15 @@
   let conditional = null;
 
   async function signIn(mediation) {
-    const options = await post("auth/login/options");
+    // The autofill request is cancellable from its start, so that a click on
+    // the button while its options are still loading cancels it too.
+    const controller = mediation === "conditional" ? (conditional = new AbortController()) : null;
+    const options = await post("auth/login/options", {}, controller && controller.signal);
     const request = { publicKey: requestOptions(options) };
-    if (mediation === "conditional") {
-      conditional = new AbortController();
+    if (controller) {
+      controller.signal.throwIfAborted();
       request.mediation = "conditional";
-      request.signal = conditional.signal;
+      request.signal = controller.signal;
     }
     const cred = await navigator.credentials.get(request);
     await post("auth/login/verify", credentialJSON(cred));
@@ -114,16 +125,34 @@
     signIn("conditional").catch((err) => { if (err.name !== "AbortError") showError(err); });
   }
 
+  // One ceremony at a time per control: a double click must not start a
+  // second request while the first one waits for the authenticator.
   function on(id, event, handler) {
     const el = document.getElementById(id);
-    if (el) el.addEventListener(event, (e) => { e.preventDefault(); handler(el).catch(showError); });
+    if (!el) return el;
+    let busy = false;
+    el.addEventListener(event, (e) => {
+      e.preventDefault();
+      if (busy) return;
+      busy = true;
+      const box = document.getElementById("passkey-error");
+      if (box) box.hidden = true;
+      handler(el).catch(showError).finally(() => { busy = false; });
+    });
     return el;
   }
 
   document.addEventListener("DOMContentLoaded", () => {
     if (on("signin-button", "click", async () => {
       if (conditional) conditional.abort();
-      await signIn("button");
+      conditional = null;
+      try {
+        await signIn("button");
+      } catch (err) {
+        // Offer the autofill again: the click cancelled it.
+        startAutofill();
+        throw err;
+      }
     })) startAutofill();
 
     on("signup-form", "submit", async (form) => {

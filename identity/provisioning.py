@@ -1,0 +1,313 @@
+"""Handles and what they provision: the services behind claiming a handle,
+checking availability, provisioning, retrying and cancelling.
+
+Provisioning is a state machine with a row per step (dns, matrix, s3). Each
+step runs as its own Celery task, claimed with a conditional update, retried
+with exponential backoff on transient errors and failed at once on permanent
+ones. Backends are idempotent and mark what they create as InfraSim's, so a
+step redone after a worker died (acks_late) finishes without duplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from forensics import ledger
+from identity import handles
+from identity.models import Identity, ProvisioningStep, User
+from identity.providers import provider_for
+from identity.providers.errors import PermanentProviderError, ProviderError, TransientProviderError
+from infrasim_site.errors import Conflict, InvalidInput
+from infrasim_site.events import publish_to_user
+
+log = logging.getLogger(__name__)
+Step = ProvisioningStep.Status
+
+
+def identity_payload(identity: Identity | None) -> dict | None:
+    if identity is None:
+        return None
+    return {
+        "handle": identity.handle,
+        "subdomain": identity.subdomain,
+        "matrix_id": identity.matrix_id,
+        "bucket": identity.bucket,
+        "status": identity.status,
+        "steps": [
+            {
+                "kind": step.kind,
+                "status": step.status,
+                "attempts": step.attempts,
+                "last_error": step.last_error,
+                "detail": step.detail,
+                "next_attempt_at": step.next_attempt_at.isoformat() if step.next_attempt_at else None,
+            }
+            for step in identity.steps.order_by("kind")
+        ],
+    }
+
+
+def _push(identity: Identity) -> None:
+    publish_to_user(identity.user_id, kind="identity.changed", data=identity_payload(identity))
+
+
+def _validated(handle: str) -> str:
+    try:
+        return handles.validate_handle(handle)
+    except ValidationError as exc:
+        raise InvalidInput(exc.messages[0], field="handle", code=exc.code) from None
+
+
+def _taken(handle: str, holder: str) -> Conflict:
+    if holder == handle:
+        return Conflict(f"The handle '{handle}' is taken.", field="handle", code="taken")
+    return Conflict(f"'{handle}' looks too much like the existing handle '{holder}'.", field="handle", code="confusable")
+
+
+# --- Claiming and availability ------------------------------------------------------
+
+
+def identity_claim(*, actor: User, handle: str) -> Identity:
+    """Reserve a handle for the actor: 400 naming the broken rule, 409 when
+    the handle (or a look-alike of it) belongs to somebody else."""
+    normalized = _validated(handle)
+    existing = Identity.objects.filter(user=actor).first()
+    if existing:
+        if existing.handle == normalized:
+            return existing
+        raise Conflict(f"You already hold the handle '{existing.handle}'.", field="handle", code="already_claimed")
+    skeleton = handles.skeleton(normalized)
+    clash = Identity.objects.filter(handle_skeleton=skeleton).values_list("handle", flat=True).first()
+    if clash:
+        raise _taken(normalized, clash)
+    try:
+        with transaction.atomic():
+            identity = Identity(user=actor, handle=normalized, handle_skeleton=skeleton)
+            identity.full_clean(validate_constraints=False)
+            identity.save()
+            ledger.record(
+                kind="identity.handle.claimed",
+                actor=ledger.actor_label(actor),
+                subject=f"identity:{identity.pk}",
+                payload={"handle": normalized},
+            )
+    except IntegrityError:
+        # Lost a race to a parallel claim: the database constraint decided.
+        if Identity.objects.filter(user=actor).exists():
+            raise Conflict("You already hold a handle.", field="handle", code="already_claimed") from None
+        clash = Identity.objects.filter(handle_skeleton=skeleton).values_list("handle", flat=True).first()
+        raise _taken(normalized, clash or normalized) from None
+    _push(identity)
+    return identity
+
+
+def identity_availability(*, handle: str) -> dict:
+    """Ask the database and every configured backend whether a handle is
+    free, before the user commits to it. A backend that cannot answer says so."""
+    normalized = _validated(handle)
+    clash = Identity.objects.filter(handle_skeleton=handles.skeleton(normalized)).values_list("handle", flat=True).first()
+    checks = {"database": "available" if clash is None else ("taken" if clash == normalized else f"looks like {clash}")}
+    for kind in ProvisioningStep.Kind.values:
+        provider = provider_for(kind)
+        if provider is None:
+            checks[kind] = "not_configured"
+            continue
+        try:
+            checks[kind] = "available" if provider.is_available(normalized) else "taken"
+        except ProviderError as exc:
+            checks[kind] = f"unknown: {exc}"
+    available = all(value in {"available", "not_configured"} for value in checks.values())
+    return {"handle": normalized, "available": available, "checks": checks}
+
+
+# --- Provisioning ---------------------------------------------------------------------
+
+
+@transaction.atomic
+def identity_start_provisioning(*, actor: User, requested_by: User | None = None) -> Identity:
+    """Queue every step that is not done yet. Starting twice is harmless;
+    starting after a failure retries only what failed."""
+    identity = Identity.objects.select_for_update().filter(user=actor).first()
+    if identity is None:
+        raise Conflict("Claim a handle first.", field="handle", code="no_handle")
+    if identity.status == Identity.Status.CANCELLING:
+        raise Conflict("This identity is being cancelled.", field="handle", code="cancelling")
+    for kind in ProvisioningStep.Kind.values:
+        ProvisioningStep.objects.get_or_create(identity=identity, kind=kind)
+    identity.steps.exclude(status__in=[Step.SUCCEEDED, Step.RUNNING]).update(
+        status=Step.PENDING, attempts=0, last_error="", next_attempt_at=None
+    )
+    queued = list(identity.steps.filter(status=Step.PENDING).values_list("pk", flat=True))
+    if queued:
+        identity.status = Identity.Status.PENDING
+        identity.save(update_fields=["status", "updated_at"])
+        ledger.record(
+            kind="identity.provisioning.requested",
+            actor=ledger.actor_label(requested_by or actor),
+            subject=f"identity:{identity.pk}",
+            payload={"handle": identity.handle, "steps": sorted(identity.steps.filter(pk__in=queued).values_list("kind", flat=True))},
+        )
+        from identity.tasks import provision_step
+
+        transaction.on_commit(lambda: [provision_step.delay(pk) for pk in queued])
+    _push(identity)
+    return identity
+
+
+def identity_provision_step(*, step_id: int) -> ProvisioningStep | None:
+    """Worker side of one step. Claims it, calls the backend, records the
+    outcome and schedules a retry for transient errors."""
+    now = timezone.now()
+    claimed = ProvisioningStep.objects.filter(pk=step_id, status__in=[Step.PENDING, Step.RETRYING]).update(
+        status=Step.RUNNING, attempts=F("attempts") + 1, started_at=now, next_attempt_at=None
+    )
+    step = ProvisioningStep.objects.select_related("identity__user").filter(pk=step_id).first()
+    if step is None or step.identity.status == Identity.Status.CANCELLING:
+        return step
+    if not claimed and step.status != Step.RUNNING:
+        return step  # already finished by an earlier delivery
+    # Status RUNNING without our claim: the worker that held it died and the
+    # broker redelivered the task (acks_late). The backends are idempotent,
+    # so the step is simply run again.
+    identity = step.identity
+    with transaction.atomic():
+        Identity.objects.filter(pk=identity.pk, status=Identity.Status.PENDING).update(
+            status=Identity.Status.PROVISIONING, updated_at=now
+        )
+        ledger.record(kind=f"identity.provisioning.{step.kind}.started", actor="system",
+                      subject=f"identity:{identity.pk}", payload={"attempt": step.attempts})
+        identity.refresh_from_db()
+        _push(identity)
+
+    provider = provider_for(step.kind)
+    retry_in = None
+    if provider is None:
+        outcome, detail, error = Step.NOT_CONFIGURED, "", ""
+    else:
+        try:
+            outcome, detail, error = Step.SUCCEEDED, provider.provision(identity)[:300], ""
+        except TransientProviderError as exc:
+            error = str(exc)
+            if step.attempts < settings.PROVISIONING_MAX_ATTEMPTS:
+                outcome, detail = Step.RETRYING, ""
+                retry_in = settings.PROVISIONING_BACKOFF_SECONDS * 2 ** (step.attempts - 1)
+            else:
+                outcome, detail = Step.FAILED, ""
+                error = f"{error} (gave up after {step.attempts} attempts)"
+        except PermanentProviderError as exc:
+            outcome, detail, error = Step.FAILED, "", str(exc)
+        except Exception as exc:  # an unexpected backend answer fails the step visibly, not the worker
+            log.exception("provisioning step %s crashed", step_id)
+            outcome, detail, error = Step.FAILED, "", f"unexpected error: {exc}"
+    return _finish_step(step, outcome=outcome, detail=detail, error=error, retry_in=retry_in)
+
+
+@transaction.atomic
+def _finish_step(step: ProvisioningStep, *, outcome: str, detail: str, error: str, retry_in: int | None):
+    now = timezone.now()
+    step.status, step.detail, step.last_error = outcome, detail, error[:2000]
+    step.next_attempt_at = now + timedelta(seconds=retry_in) if retry_in is not None else None
+    step.finished_at = None if retry_in is not None else now
+    step.save(update_fields=["status", "detail", "last_error", "next_attempt_at", "finished_at"])
+    identity = step.identity
+    ledger.record(
+        kind=f"identity.provisioning.{step.kind}.{outcome}",
+        actor="system",
+        subject=f"identity:{identity.pk}",
+        payload={"attempt": step.attempts, "detail": detail, "error": error[:500]},
+    )
+    if retry_in is not None:
+        from identity.tasks import provision_step
+
+        transaction.on_commit(lambda: provision_step.apply_async((step.pk,), countdown=retry_in))
+    _settle(identity)
+    return step
+
+
+def _settle(identity: Identity) -> None:
+    """Derive the identity's status from its steps."""
+    statuses = set(identity.steps.values_list("status", flat=True))
+    if statuses & {Step.PENDING, Step.RUNNING, Step.RETRYING}:
+        status = Identity.Status.PROVISIONING
+    elif statuses == {Step.SUCCEEDED}:
+        status = Identity.Status.ACTIVE
+    elif Step.FAILED in statuses:
+        status = Identity.Status.FAILED
+    else:
+        status = Identity.Status.INCOMPLETE
+    Identity.objects.filter(pk=identity.pk).exclude(status=Identity.Status.CANCELLING).update(
+        status=status, updated_at=timezone.now()
+    )
+    identity.refresh_from_db()
+    _push(identity)
+
+
+# --- Cancelling ---------------------------------------------------------------------------
+
+
+@transaction.atomic
+def identity_cancel(*, actor: User, requested_by: User | None = None) -> Identity:
+    """Give the handle up: remove what provisioning created, then the identity."""
+    identity = Identity.objects.select_for_update().filter(user=actor).first()
+    if identity is None:
+        raise Conflict("You hold no handle.", field="handle", code="no_handle")
+    identity.status = Identity.Status.CANCELLING
+    identity.save(update_fields=["status", "updated_at"])
+    ledger.record(
+        kind="identity.cancel.requested",
+        actor=ledger.actor_label(requested_by or actor),
+        subject=f"identity:{identity.pk}",
+        payload={"handle": identity.handle},
+    )
+    from identity.tasks import deprovision_identity
+
+    transaction.on_commit(lambda: deprovision_identity.delay(identity.pk))
+    _push(identity)
+    return identity
+
+
+def identity_deprovision(*, identity_id: int, attempt: int = 1) -> int | None:
+    """Worker side of a cancel: undo each step that may have created
+    something (backends only remove what carries InfraSim's mark), then delete
+    the identity. Returns seconds until a retry when a backend was unreachable."""
+    identity = Identity.objects.select_related("user").filter(pk=identity_id, status=Identity.Status.CANCELLING).first()
+    if identity is None:
+        return None
+    results, retry = {}, False
+    for step in identity.steps.exclude(status__in=[Step.NOT_CONFIGURED, Step.REMOVED]):
+        provider = provider_for(step.kind)
+        if provider is None:
+            results[step.kind] = "not configured"
+            continue
+        ProvisioningStep.objects.filter(pk=step.pk).update(status=Step.REMOVING)
+        try:
+            results[step.kind] = provider.deprovision(identity)
+        except TransientProviderError as exc:
+            retry = True
+            results[step.kind] = f"will retry: {exc}"
+            ProvisioningStep.objects.filter(pk=step.pk).update(last_error=str(exc)[:2000])
+            continue
+        except PermanentProviderError as exc:
+            results[step.kind] = f"failed: {exc}"
+        ProvisioningStep.objects.filter(pk=step.pk).update(status=Step.REMOVED, detail=results[step.kind][:300])
+    if retry and attempt < settings.PROVISIONING_MAX_ATTEMPTS:
+        _push(identity)
+        return settings.PROVISIONING_BACKOFF_SECONDS * 2 ** (attempt - 1)
+    with transaction.atomic():
+        ledger.record(
+            kind="identity.cancelled",
+            actor="system",
+            subject=f"identity:{identity.pk}",
+            payload={"handle": identity.handle, "results": results},
+        )
+        user_id = identity.user_id
+        identity.delete()
+        publish_to_user(user_id, kind="identity.changed", data=None)
+    return None
