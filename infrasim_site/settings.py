@@ -216,7 +216,9 @@ CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", 
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": "infrasim:channels"},
+        # No socket timeout: channels_redis blocks up to 5 s waiting for the
+        # next message, and redis-py's default 5 s timeout would kill idle sockets.
+        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": None}], "prefix": "infrasim:channels"},
     }
 }
 
@@ -233,7 +235,15 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 # get queues of their own when those apps route to them.
 CELERY_APP_QUEUES = ["default", "identity", "mesh", "appliances", "forensics", "swarm"]
 CELERY_TASK_ROUTES = {f"{app}.tasks.*": {"queue": app} for app in CELERY_APP_QUEUES if app != "default"}
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=60)}
+# How long a task may run unacknowledged before the broker hands it to another
+# worker (acks_late): above the longest task, or tasks run twice.
+# A task held by a worker that died is handed out again by the next sweep
+# after its visibility timeout; sweep every CELERY_RESTORE_INTERVAL seconds.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=2),
+    "unacked_restore_interval": env_int("CELERY_RESTORE_INTERVAL", 10, minimum=1),
+    "unacked_restore_throttle": 1,
+}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE = {
     "purge-abandoned-signups": {"task": "identity.tasks.purge_abandoned_signups", "schedule": 60.0},

@@ -40,6 +40,23 @@ PLATFORM_AUTHENTICATOR = {
 }
 
 
+# Records how the page calls navigator.credentials.get (the mediation it asks
+# for), in sessionStorage so that the record survives the navigation that
+# follows a sign-in. It only watches: the call goes to the browser unchanged.
+RECORD_GET_CALLS = """
+(() => {
+  if (!window.navigator.credentials) return;
+  const get = navigator.credentials.get.bind(navigator.credentials);
+  navigator.credentials.get = (options) => {
+    const calls = JSON.parse(sessionStorage.getItem("e2e-webauthn-get") || "[]");
+    calls.push((options && options.mediation) || "optional");
+    sessionStorage.setItem("e2e-webauthn-get", JSON.stringify(calls));
+    return get(options);
+  };
+})();
+"""
+
+
 @contextlib.contextmanager
 def orm_access():
     """Allow Django ORM calls on the main thread while Playwright runs."""
@@ -64,8 +81,40 @@ class Browser:
     def url(self, path: str) -> str:
         return self.base_url + path
 
-    def credentials(self) -> list[dict]:
-        return self.cdp.send("WebAuthn.getCredentials", {"authenticatorId": self.authenticator_id})["credentials"]
+    def credentials(self, authenticator_id: str | None = None) -> list[dict]:
+        """The passkeys an authenticator holds (the current one by default)."""
+        authenticator_id = authenticator_id or self.authenticator_id
+        return self.cdp.send("WebAuthn.getCredentials", {"authenticatorId": authenticator_id})["credentials"]
+
+    def switch_authenticator(self, options: dict | None = None, credentials: list[dict] = ()) -> str:
+        """Take the current authenticator away and attach another one (the
+        user moves to another device), optionally holding `credentials`."""
+        self.cdp.send("WebAuthn.removeVirtualAuthenticator", {"authenticatorId": self.authenticator_id})
+        self.authenticator_id = _add_authenticator(self.cdp, options or PLATFORM_AUTHENTICATOR)
+        for credential in credentials:
+            self.cdp.send("WebAuthn.addCredential", {"authenticatorId": self.authenticator_id, "credential": credential})
+        return self.authenticator_id
+
+    def get_calls(self) -> list[str]:
+        """The mediation of each navigator.credentials.get call made in this
+        tab since the last time this was asked, oldest first."""
+        return self.page.evaluate(
+            """() => {
+              const calls = JSON.parse(sessionStorage.getItem("e2e-webauthn-get") || "[]");
+              sessionStorage.removeItem("e2e-webauthn-get");
+              return calls;
+            }"""
+        )
+
+    def set_presence(self, enabled: bool) -> None:
+        """Whether the authenticator answers requests (the user touches it)."""
+        self.cdp.send(
+            "WebAuthn.setAutomaticPresenceSimulation", {"authenticatorId": self.authenticator_id, "enabled": enabled}
+        )
+
+
+def _add_authenticator(cdp: CDPSession, options: dict) -> str:
+    return cdp.send("WebAuthn.addVirtualAuthenticator", {"options": options})["authenticatorId"]
 
 
 def _browser(live, authenticator_options: dict):
@@ -74,12 +123,11 @@ def _browser(live, authenticator_options: dict):
         try:
             context = chromium.new_context(base_url=live.url)
             context.set_default_timeout(10_000)
+            context.add_init_script(RECORD_GET_CALLS)
             page = context.new_page()
             cdp = context.new_cdp_session(page)
             cdp.send("WebAuthn.enable", {"enableUI": False})
-            authenticator_id = cdp.send("WebAuthn.addVirtualAuthenticator", {"options": authenticator_options})[
-                "authenticatorId"
-            ]
+            authenticator_id = _add_authenticator(cdp, authenticator_options)
             yield Browser(page=page, cdp=cdp, authenticator_id=authenticator_id, base_url=live.url)
         finally:
             chromium.close()

@@ -1,0 +1,116 @@
+"""acks_late for real: a worker process dies (SIGKILL) in the middle of a
+provisioning step; the broker hands the task to the next worker, which
+redoes the step once, idempotently."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from celery import Celery
+from django.conf import settings
+
+from forensics.models import LedgerEntry
+from identity.models import Identity, ProvisioningStep, User
+from identity.provisioning import identity_claim
+from tests.identity.test_provisioning_with_real_servers import resolve
+
+ROOT = Path(__file__).resolve().parents[2]
+VISIBILITY_TIMEOUT = 3
+
+
+class BlackHoleDns:
+    """Accepts TCP connections and never answers: a DNS server that hangs."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.held = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                self.held.append(self.sock.accept()[0])
+            except OSError:
+                return
+
+    def close(self):
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+def private_broker_url() -> str:
+    # Its own Redis database, so the suite's in-process worker never takes these tasks.
+    return settings.REDIS_URL.rsplit("/", 1)[0] + "/7"
+
+
+def start_worker(dns_port: int, knot) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        **{k: str(v) for k, v in knot.settings().items() if not isinstance(v, list)},
+        "DNS_TARGET_A": "192.0.2.10",
+        "DNS_TARGET_AAAA": "2001:db8::10",
+        "DNS_PORT": str(dns_port),
+        "DATABASE_URL": f"sqlite:///{settings.DATABASES['default']['NAME']}",
+        "REDIS_URL": private_broker_url(),
+        "CELERY_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
+        "CELERY_RESTORE_INTERVAL": "1",
+    }
+    for key in ("MATRIX_HOMESERVER_URL", "S3_ENDPOINT_URL"):
+        env.pop(key, None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "infrasim_site", "worker", "-Q", "identity", "--pool", "solo",
+         "--without-mingle", "--without-gossip", "--loglevel", "WARNING"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_step_whose_worker_was_killed_is_redone_once_by_the_next_worker(transactional_db, knot):
+    user = User.objects.create_user(display_name="Kim Killed", signup_state="active")
+    identity = identity_claim(actor=user, handle="killed-mid-step")
+    step = ProvisioningStep.objects.create(identity=identity, kind="dns")
+    Identity.objects.filter(pk=identity.pk).update(status=Identity.Status.PENDING)
+
+    black_hole = BlackHoleDns()
+    first = start_worker(black_hole.port, knot)
+    second = None
+    try:
+        sender = Celery(broker=private_broker_url(), set_as_current=False)
+        sender.conf.broker_transport_options = {"visibility_timeout": VISIBILITY_TIMEOUT}
+        sender.send_task("identity.tasks.provision_step", args=[step.pk], queue="identity")
+        wait_for(lambda: ProvisioningStep.objects.get(pk=step.pk).status == "running", 60, "the first worker's claim")
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=10)
+        assert ProvisioningStep.objects.get(pk=step.pk).status == "running"
+
+        second = start_worker(knot.port, knot)
+        wait_for(lambda: ProvisioningStep.objects.get(pk=step.pk).status == "succeeded", 90, "the redelivered step")
+    finally:
+        for worker in (first, second):
+            if worker and worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGTERM)
+                worker.wait(timeout=20)
+        black_hole.close()
+
+    step.refresh_from_db()
+    assert step.attempts == 1, "the redelivery re-ran the claimed attempt instead of starting a new one"
+    started = LedgerEntry.objects.filter(kind="identity.provisioning.dns.started", subject=f"identity:{identity.pk}")
+    assert started.count() == 2, "run once by the killed worker and once more by the next"
+    assert resolve(knot, "killed-mid-step.test.infrasim") == ["192.0.2.10"], "exactly one record, no duplicate"
