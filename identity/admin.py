@@ -30,7 +30,7 @@ class ProvisioningStepInline(admin.TabularInline):
     model = ProvisioningStep
     extra = 0
     can_delete = False
-    readonly_fields = ["kind", "status", "attempts", "last_error", "started_at", "finished_at"]
+    readonly_fields = ["kind", "status", "attempts", "last_error", "detail", "next_attempt_at", "started_at", "finished_at"]
 
     def has_add_permission(self, request, obj=None):
         return False
@@ -38,15 +38,22 @@ class ProvisioningStepInline(admin.TabularInline):
 
 @admin.register(Identity)
 class IdentityAdmin(admin.ModelAdmin):
-    list_display = ["handle", "user", "status", "updated_at"]
+    list_display = ["handle", "user", "status", "step_states", "updated_at"]
     list_filter = ["status"]
     search_fields = ["handle", "user__display_name"]
     readonly_fields = ["user", "handle", "handle_skeleton", "status", "created_at", "updated_at"]
     inlines = [ProvisioningStepInline]
-    actions = ["retry_provisioning"]
+    actions = ["retry_provisioning", "cancel_identity"]
 
     def has_add_permission(self, request):
         return False  # handles are claimed by their owners, through the one validator
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("user").prefetch_related("steps")
+
+    @admin.display(description="steps")
+    def step_states(self, identity):
+        return ", ".join(f"{step.kind}: {step.get_status_display()}" for step in identity.steps.all()) or "—"
 
     @admin.action(description="Retry provisioning")
     def retry_provisioning(self, request, queryset):
@@ -56,6 +63,12 @@ class IdentityAdmin(admin.ModelAdmin):
             except ServiceError as exc:
                 self.message_user(request, f"{identity}: {exc.message}", messages.ERROR)
         self.message_user(request, "Provisioning queued.")
+
+    @admin.action(description="Cancel: remove what was provisioned and free the handle")
+    def cancel_identity(self, request, queryset):
+        for identity in queryset.select_related("user"):
+            provisioning.identity_cancel(actor=identity.user, requested_by=request.user)
+        self.message_user(request, "Cancellation queued.")
 
 
 @admin.register(ApiToken)

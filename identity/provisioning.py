@@ -154,10 +154,13 @@ def identity_start_provisioning(*, actor: User, requested_by: User | None = None
             subject=f"identity:{identity.pk}",
             payload={"handle": identity.handle, "steps": sorted(identity.steps.filter(pk__in=queued).values_list("kind", flat=True))},
         )
+    # Pushed before the tasks are queued (on-commit callbacks run in order),
+    # so "pending" never reaches a page after a worker's "provisioning".
+    _push(identity)
+    if queued:
         from identity.tasks import provision_step
 
         transaction.on_commit(lambda: [provision_step.delay(pk) for pk in queued])
-    _push(identity)
     return identity
 
 

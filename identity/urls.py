@@ -15,4 +15,6 @@ urlpatterns = [
     path("identity/card", views.identity_card, name="identity-card"),
     path("identity/claim", views.identity_claim, name="identity-claim"),
     path("identity/provision", views.identity_provision, name="identity-provision"),
+    path("identity/cancel", views.identity_cancel, name="identity-cancel"),
+    path("identity/availability", views.identity_availability, name="identity-availability"),
 ]

@@ -147,3 +147,27 @@ def identity_provision(request):
     except ServiceError as exc:
         form.add_error(None, exc.message)
     return _identity_card(request, form)
+
+
+@login_required
+@require_POST
+def identity_cancel(request):
+    form = ClaimHandleForm()
+    try:
+        provisioning.identity_cancel(actor=request.user)
+    except ServiceError as exc:
+        form.add_error(None, exc.message)
+    return _identity_card(request, form)
+
+
+@login_required
+def identity_availability(request):
+    """As-you-type check while picking a handle (htmx)."""
+    handle = request.GET.get("handle", "")
+    if not handle.strip():
+        return render(request, "identity/_availability.html", {})
+    try:
+        result = provisioning.identity_availability(handle=handle)
+    except ServiceError as exc:
+        return render(request, "identity/_availability.html", {"error": exc.message})
+    return render(request, "identity/_availability.html", {"result": result})

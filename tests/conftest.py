@@ -11,6 +11,7 @@ import uvicorn
 from django.conf import settings
 
 from tests.bootstrap import LIVE_SERVER_PORT
+from tests.servers import knot, s3, synapse  # noqa: F401  (session fixtures: Knot DNS, S3, Synapse)
 
 
 class LiveServer:
@@ -89,3 +90,13 @@ def celery_worker_thread(django_db_setup, django_db_blocker):
 @pytest.fixture()
 def worker(celery_worker_thread, transactional_db):
     return celery_worker_thread
+
+
+@pytest.fixture()
+def backends(settings, knot, synapse, s3):
+    """Point every provisioning backend at its real server, with quick retries."""
+    for key, value in {**knot.settings(), **synapse.settings(), **s3.settings()}.items():
+        setattr(settings, key, value)
+    settings.PROVISIONING_BACKOFF_SECONDS = 0
+    settings.PROVISIONING_MAX_ATTEMPTS = 3
+    return {"knot": knot, "synapse": synapse, "s3": s3}

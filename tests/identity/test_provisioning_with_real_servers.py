@@ -7,24 +7,13 @@ import json
 import time
 
 import dns.resolver
-import pytest
 import websockets
 from django.test import Client
 
 from forensics.models import LedgerEntry
 from tests.passkey_api import API, authenticator, post_json, sign_up
 
-BACKOFF = 0
-MAX_ATTEMPTS = 3
-
-
-@pytest.fixture()
-def backends(settings, knot, synapse, s3):
-    for key, value in {**knot.settings(), **synapse.settings(), **s3.settings()}.items():
-        setattr(settings, key, value)
-    settings.PROVISIONING_BACKOFF_SECONDS = BACKOFF
-    settings.PROVISIONING_MAX_ATTEMPTS = MAX_ATTEMPTS
-    return {"knot": knot, "synapse": synapse, "s3": s3}
+MAX_ATTEMPTS = 3  # as the `backends` fixture sets it
 
 
 def signed_up(name: str) -> Client:

@@ -1,4 +1,5 @@
-"""Real provisioning servers on loopback, started once per test session:
+"""Real provisioning servers on loopback, started once per test session (the
+fixtures are registered in tests/conftest.py):
 Knot DNS with a TSIG-protected test zone, Synapse on SQLite with a
 shared-secret admin, and moto's standalone S3 server."""
 
