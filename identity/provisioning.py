@@ -269,10 +269,10 @@ def identity_cancel(*, actor: User, requested_by: User | None = None) -> Identit
         subject=f"identity:{identity.pk}",
         payload={"handle": identity.handle},
     )
+    _push(identity)  # before the task is queued, as in identity_start_provisioning
     from identity.tasks import deprovision_identity
 
     transaction.on_commit(lambda: deprovision_identity.delay(identity.pk))
-    _push(identity)
     return identity
 
 

@@ -138,26 +138,25 @@ def identity_claim(request):
     return _identity_card(request, form)
 
 
-@login_required
-@require_POST
-def identity_provision(request):
+def _card_action(request, action):
     form = ClaimHandleForm()
     try:
-        provisioning.identity_start_provisioning(actor=request.user)
+        action(actor=request.user)
     except ServiceError as exc:
         form.add_error(None, exc.message)
     return _identity_card(request, form)
+
+
+@login_required
+@require_POST
+def identity_provision(request):
+    return _card_action(request, provisioning.identity_start_provisioning)
 
 
 @login_required
 @require_POST
 def identity_cancel(request):
-    form = ClaimHandleForm()
-    try:
-        provisioning.identity_cancel(actor=request.user)
-    except ServiceError as exc:
-        form.add_error(None, exc.message)
-    return _identity_card(request, form)
+    return _card_action(request, provisioning.identity_cancel)
 
 
 @login_required
