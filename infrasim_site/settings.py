@@ -8,6 +8,7 @@ names the variable.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -75,6 +76,27 @@ if not (_origin_host == WEBAUTHN_RP_ID or _origin_host.endswith("." + WEBAUTHN_R
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", [_origin_host, "localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [WEBAUTHN_RP_ORIGIN])
+
+# --- Mesh ---------------------------------------------------------------------------
+WG_GATEWAY_INTERFACE = env_str("WG_GATEWAY_INTERFACE", "wg-infrasim")
+if not re.fullmatch(r"[A-Za-z0-9_=+.-]{1,15}", WG_GATEWAY_INTERFACE):
+    raise ImproperlyConfigured(f"WG_GATEWAY_INTERFACE: not a Linux interface name: {WG_GATEWAY_INTERFACE!r}")
+# The Celery queue consumed by a worker on the gateway host (it runs `wg syncconf`).
+WG_GATEWAY_QUEUE = env_str("WG_GATEWAY_QUEUE", "mesh")
+MESH_DEFAULT_NETWORK = env_str("MESH_DEFAULT_NETWORK", "default")
+MESH_IPV4_CIDR = env_str("MESH_IPV4_CIDR", "100.96.0.0/16")
+MESH_IPV6_PREFIX = env_str("MESH_IPV6_PREFIX", "fd42:1f5a:7c00::/64")
+MESH_DEFAULT_KEEPALIVE = env_int("MESH_DEFAULT_KEEPALIVE", 25, minimum=0, maximum=3600)
+MESH_PEER_QUOTA = env_int("MESH_PEER_QUOTA", 20, minimum=1)
+MESH_ADDRESS_COOLDOWN_SECONDS = env_int("MESH_ADDRESS_COOLDOWN_SECONDS", 3600, minimum=0)
+MESH_RESYNC_SECONDS = env_int("MESH_RESYNC_SECONDS", 60, minimum=1)
+MESH_STATS_SECONDS = env_int("MESH_STATS_SECONDS", 15, minimum=1)
+for _name, _value, _version in (("MESH_IPV4_CIDR", MESH_IPV4_CIDR, 4), ("MESH_IPV6_PREFIX", MESH_IPV6_PREFIX, 6)):
+    try:
+        if ipaddress.ip_network(_value).version != _version:
+            raise ValueError
+    except ValueError:
+        raise ImproperlyConfigured(f"{_name}: not an IPv{_version} prefix: {_value!r}") from None
 
 # --- Provisioning backends (each off until its server is named) -------------------
 # DNS: RFC 2136 updates signed with TSIG, against any authoritative server.
@@ -247,6 +269,9 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE = {
     "purge-abandoned-signups": {"task": "identity.tasks.purge_abandoned_signups", "schedule": 60.0},
+    "mesh-expire-peers": {"task": "mesh.tasks.expire_due_peers", "schedule": 5.0},
+    "mesh-resync-gateways": {"task": "mesh.tasks.resync_gateways", "schedule": float(MESH_RESYNC_SECONDS)},
+    "mesh-collect-stats": {"task": "mesh.tasks.collect_stats", "schedule": float(MESH_STATS_SECONDS)},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 

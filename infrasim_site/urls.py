@@ -14,9 +14,11 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("api/meshnet/mesh/", include("mesh.api.urls")),
     path("api/meshnet/", include("identity.api.urls")),
     path("api/", views.ApiRootView.as_view(), name="api-root"),
     path("", include(("identity.urls", "identity"), namespace="identity")),
+    path("", include(("mesh.urls", "mesh"), namespace="mesh")),
     path("", include(([path("", views.dashboard, name="dashboard")], "console"))),
     path("favicon.ico", RedirectView.as_view(url="/static/infrasim/favicon.svg")),
 ]

@@ -10,6 +10,7 @@ from rest_framework.reverse import reverse as api_reverse
 from rest_framework.views import APIView
 
 from identity import selectors as identity_selectors
+from mesh import views as mesh_views
 
 
 @login_required
@@ -24,6 +25,7 @@ def dashboard(request, claim_form=None):
             "identity": identity_selectors.identity_for(request.user),
             "claim_form": claim_form or ClaimHandleForm(),
             "passkey_count": identity_selectors.passkeys_for(request.user).count(),
+            **mesh_views.card_context(request.user),
         },
         status=400 if claim_form is not None and claim_form.errors else 200,
     )

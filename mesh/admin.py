@@ -1,0 +1,93 @@
+from django.contrib import admin, messages
+
+from infrasim_site.errors import ServiceError
+from mesh import services
+from mesh.models import AddressLease, MeshNetwork, Peer
+
+
+@admin.register(MeshNetwork)
+class MeshNetworkAdmin(admin.ModelAdmin):
+    list_display = ["name", "ipv4_cidr", "ipv6_prefix", "endpoint", "interface", "generation", "applied_generation",
+                    "applied_at", "last_sync_error"]
+    readonly_fields = ["gateway_public_key", "generation", "applied_generation", "applied_at", "last_sync_error",
+                       "created_at"]
+    exclude = ["gateway_private_key_sealed"]
+    actions = ["resync_gateway", "rotate_gateway_key"]
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            super().save_model(request, obj, form, change)
+            services.network_bump(obj)
+            return
+        # New networks go through the service: overlap checks, a sealed gateway key.
+        created = services.network_create(
+            actor=request.user, name=obj.name, ipv4_cidr=obj.ipv4_cidr, ipv6_prefix=obj.ipv6_prefix,
+            endpoint=obj.endpoint or None, listen_port=obj.listen_port, interface=obj.interface or None,
+            gateway_queue=obj.gateway_queue or None,
+        )
+        obj.pk = created.pk
+
+    def get_fields(self, request, obj=None):
+        editable = ["name", "ipv4_cidr", "ipv6_prefix", "endpoint", "listen_port", "interface", "gateway_queue",
+                    "default_keepalive", "peer_quota", "address_cooldown_seconds"]
+        return editable + (self.readonly_fields if obj else [])
+
+    def get_readonly_fields(self, request, obj=None):
+        # Pools are fixed once peers hold addresses from them.
+        return self.readonly_fields + (["ipv4_cidr", "ipv6_prefix"] if obj else [])
+
+    @admin.action(description="Resync the gateway now")
+    def resync_gateway(self, request, queryset):
+        for network in queryset:
+            services.network_bump(network)
+        self.message_user(request, "Gateway sync queued.")
+
+    @admin.action(description="Rotate the gateway key (every peer must fetch its config again)")
+    def rotate_gateway_key(self, request, queryset):
+        for network in queryset:
+            services.network_rotate_gateway_key(actor=request.user, network_id=network.pk)
+        self.message_user(request, "Gateway key rotated.")
+
+
+@admin.register(Peer)
+class PeerAdmin(admin.ModelAdmin):
+    list_display = ["name", "owner", "network", "ipv4", "ipv6", "status", "key_epoch", "rotated_at",
+                    "last_handshake_at", "expires_at"]
+    list_filter = ["status", "network"]
+    search_fields = ["name", "public_key", "ipv4", "ipv6", "owner__display_name"]
+    readonly_fields = [f.name for f in Peer._meta.fields if f.name != "preshared_key_sealed"]
+    exclude = ["preshared_key_sealed"]
+    actions = ["revoke", "rotate_generated"]
+
+    def has_add_permission(self, request):
+        return False  # peers are created by their owners, with their own keys
+
+    @admin.action(description="Revoke selected peers")
+    def revoke(self, request, queryset):
+        for peer in queryset:
+            services.peer_revoke(actor=request.user, peer_id=peer.pk)
+        self.message_user(request, "Revoked.")
+
+    @admin.action(description="Rotate to a server-generated key (its config is shown here once)")
+    def rotate_generated(self, request, queryset):
+        # For devices an operator manages (appliances, gateways of branch
+        # offices): the new config is shown once in this message and not kept.
+        for peer in queryset:
+            try:
+                created = services.peer_rotate(actor=request.user, peer_id=peer.pk, generate_key=True)
+            except ServiceError as exc:
+                self.message_user(request, f"{peer}: {exc.message}", messages.ERROR)
+                continue
+            config = services.render_peer_config(created.peer, private_key=created.private_key)
+            self.message_user(request, f"{peer} rotated to epoch {created.peer.key_epoch}. Config (shown once):\n{config}")
+
+
+@admin.register(AddressLease)
+class AddressLeaseAdmin(admin.ModelAdmin):
+    list_display = ["address", "network", "peer", "reserved", "note", "released_at"]
+    list_filter = ["network", "reserved"]
+    search_fields = ["address", "note"]
+    readonly_fields = ["network", "address", "peer", "released_at"]
+
+    def has_add_permission(self, request):
+        return False  # reserve through the network's action or the service, which checks the pool

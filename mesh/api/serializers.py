@@ -1,0 +1,66 @@
+from rest_framework import serializers
+
+from mesh.models import MeshNetwork, Peer
+
+
+class NetworkSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = MeshNetwork
+        fields = [
+            "id", "name", "ipv4_cidr", "ipv6_prefix", "endpoint", "listen_port", "gateway_public_key",
+            "default_keepalive", "peer_quota", "generation", "applied_generation", "applied_at", "last_sync_error",
+        ]
+        read_only_fields = ["gateway_public_key", "generation", "applied_generation", "applied_at", "last_sync_error"]
+
+
+class NetworkCreateRequest(serializers.Serializer):
+    name = serializers.SlugField(max_length=40)
+    ipv4_cidr = serializers.CharField(max_length=43)
+    ipv6_prefix = serializers.CharField(max_length=43)
+    endpoint = serializers.CharField(max_length=260, required=False)
+    listen_port = serializers.IntegerField(min_value=1, max_value=65535, required=False)
+    interface = serializers.RegexField(r"^[A-Za-z0-9_=+.-]{1,15}$", required=False)
+
+
+class PeerSerializer(serializers.ModelSerializer):
+    network = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    has_preshared_key = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Peer
+        fields = [
+            "id", "network", "name", "public_key", "key_epoch", "ipv4", "ipv6", "allowed_ips", "keepalive",
+            "expires_at", "status", "created_at", "rotated_at", "revoked_at", "last_handshake_at", "rx_bytes",
+            "tx_bytes", "has_preshared_key",
+        ]
+        read_only_fields = fields
+
+    def get_has_preshared_key(self, peer) -> bool:
+        return bool(peer.preshared_key_sealed)
+
+
+class PeerCreateRequest(serializers.Serializer):
+    name = serializers.CharField(max_length=256, allow_blank=True)
+    public_key = serializers.CharField(required=False, allow_blank=True, max_length=256,
+                                       help_text="Your `wg pubkey`; the private key never leaves your device.")
+    generate_key = serializers.BooleanField(default=False,
+                                            help_text="Let the server generate the pair; the private key is shown once.")
+    preshared_key = serializers.BooleanField(default=False, help_text="Add a preshared key (post-quantum padding).")
+    allowed_ips = serializers.ListField(child=serializers.CharField(max_length=64), required=False, max_length=64)
+    keepalive = serializers.IntegerField(required=False, min_value=-(2**31), max_value=2**31)
+    expires_at = serializers.DateTimeField(required=False, allow_null=True)
+    network = serializers.SlugField(required=False, max_length=40)
+
+
+class PeerRotateRequest(serializers.Serializer):
+    public_key = serializers.CharField(required=False, allow_blank=True, max_length=256)
+    generate_key = serializers.BooleanField(default=False)
+
+
+class PeerWithSecrets(PeerSerializer):
+    config = serializers.CharField(read_only=True, allow_null=True,
+                                   help_text="The wg-quick file with the generated private key: shown this once.")
+    qr = serializers.CharField(read_only=True, allow_null=True, help_text="The same config as a PNG data URI.")
+
+    class Meta(PeerSerializer.Meta):
+        fields = PeerSerializer.Meta.fields + ["config", "qr"]

@@ -1,0 +1,457 @@
+"""Mesh: networks, peers, keys and keeping the gateway in sync.
+
+Every change that alters what the gateway must hold bumps the network's
+generation and, once committed, queues a sync on the gateway host's queue.
+The sync renders the whole interface from the database and applies it with
+`wg syncconf`, so it is idempotent and also repairs drift when run
+periodically.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from datetime import datetime
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from forensics import ledger
+from identity.models import User
+from infrasim_site.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from infrasim_site.events import publish_to_user
+from infrasim_site.sealing import seal, unseal
+from mesh import gateway, ipam, keys, wgconf
+from mesh.models import AddressLease, MeshNetwork, Peer
+
+log = logging.getLogger(__name__)
+
+MAX_KEEPALIVE = 3600
+PEER_NAME_MAX = 64
+
+
+# --- Networks -------------------------------------------------------------------------
+
+
+def _parse_prefix(value: str, *, field: str, version: int):
+    try:
+        prefix = ipaddress.ip_network(value, strict=True)
+    except (ValueError, TypeError):
+        raise InvalidInput(f"'{value}' is not a network prefix like 100.96.0.0/16.", field=field, code="invalid") from None
+    if prefix.version != version:
+        raise InvalidInput(f"Expected an IPv{version} prefix.", field=field, code="wrong_family")
+    return prefix
+
+
+def _validate_network(*, ipv4_cidr: str, ipv6_prefix: str, exclude_pk: int | None = None):
+    v4 = _parse_prefix(ipv4_cidr, field="ipv4_cidr", version=4)
+    v6 = _parse_prefix(ipv6_prefix, field="ipv6_prefix", version=6)
+    if v4.prefixlen > 30:
+        raise InvalidInput("An IPv4 pool needs at least a /30.", field="ipv4_cidr", code="too_small")
+    if v6.prefixlen > 126:
+        raise InvalidInput("An IPv6 pool needs at least a /126.", field="ipv6_prefix", code="too_small")
+    if not v6.subnet_of(ipaddress.ip_network("fc00::/7")):
+        raise InvalidInput("The IPv6 prefix must be a unique local address (fc00::/7).", field="ipv6_prefix", code="not_ula")
+    for other in MeshNetwork.objects.exclude(pk=exclude_pk):
+        if v4.overlaps(ipaddress.ip_network(other.ipv4_cidr)):
+            raise Conflict(f"{v4} overlaps network '{other.name}' ({other.ipv4_cidr}).", field="ipv4_cidr", code="overlap")
+        if v6.overlaps(ipaddress.ip_network(other.ipv6_prefix)):
+            raise Conflict(f"{v6} overlaps network '{other.name}' ({other.ipv6_prefix}).", field="ipv6_prefix", code="overlap")
+    return v4, v6
+
+
+@transaction.atomic
+def network_create(
+    *,
+    actor: User | None,
+    name: str,
+    ipv4_cidr: str,
+    ipv6_prefix: str,
+    endpoint: str | None = None,
+    listen_port: int | None = None,
+    interface: str | None = None,
+    gateway_queue: str | None = None,
+) -> MeshNetwork:
+    if actor is not None and not actor.is_staff:
+        raise PermissionDenied("Only operators manage networks.")
+    v4, v6 = _validate_network(ipv4_cidr=ipv4_cidr, ipv6_prefix=ipv6_prefix)
+    host, port = settings.WG_GATEWAY_ENDPOINT
+    private_key, public_key = keys.generate_keypair()
+    network = MeshNetwork(
+        name=name,
+        ipv4_cidr=str(v4),
+        ipv6_prefix=str(v6),
+        endpoint=endpoint or f"{host}:{port}",
+        listen_port=listen_port or port,
+        interface=interface or settings.WG_GATEWAY_INTERFACE,
+        gateway_queue=gateway_queue or settings.WG_GATEWAY_QUEUE,
+        gateway_public_key=public_key,
+        gateway_private_key_sealed=seal(private_key.encode()),
+        default_keepalive=settings.MESH_DEFAULT_KEEPALIVE,
+        peer_quota=settings.MESH_PEER_QUOTA,
+        address_cooldown_seconds=settings.MESH_ADDRESS_COOLDOWN_SECONDS,
+    )
+    network.full_clean()
+    network.save()
+    ledger.record(
+        kind="mesh.network.created",
+        actor=ledger.actor_label(actor),
+        subject=f"mesh_network:{network.pk}",
+        payload={"name": name, "ipv4": str(v4), "ipv6": str(v6), "gateway_public_key": public_key},
+    )
+    network_bump(network)
+    return network
+
+
+def default_network() -> MeshNetwork:
+    """The network named in settings, created on first use."""
+    network = MeshNetwork.objects.filter(name=settings.MESH_DEFAULT_NETWORK).first()
+    if network is not None:
+        return network
+    try:
+        return network_create(
+            actor=None,
+            name=settings.MESH_DEFAULT_NETWORK,
+            ipv4_cidr=settings.MESH_IPV4_CIDR,
+            ipv6_prefix=settings.MESH_IPV6_PREFIX,
+        )
+    except Conflict:
+        return MeshNetwork.objects.get(name=settings.MESH_DEFAULT_NETWORK)
+
+
+def network_bump(network: MeshNetwork) -> None:
+    """Record that the gateway config changed, and sync it after commit."""
+    MeshNetwork.objects.filter(pk=network.pk).update(generation=F("generation") + 1)
+    from mesh.tasks import sync_gateway
+
+    queue = network.gateway_queue
+    transaction.on_commit(lambda: sync_gateway.apply_async((network.pk,), queue=queue))
+
+
+@transaction.atomic
+def network_rotate_gateway_key(*, actor: User, network_id: int) -> MeshNetwork:
+    """New gateway key pair. Every peer must then fetch its config again."""
+    network = MeshNetwork.objects.select_for_update().get(pk=network_id)
+    private_key, public_key = keys.generate_keypair()
+    network.gateway_public_key = public_key
+    network.gateway_private_key_sealed = seal(private_key.encode())
+    network.save(update_fields=["gateway_public_key", "gateway_private_key_sealed"])
+    ledger.record(
+        kind="mesh.gateway.key_rotated",
+        actor=ledger.actor_label(actor),
+        subject=f"mesh_network:{network.pk}",
+        payload={"gateway_public_key": public_key},
+    )
+    network_bump(network)
+    return network
+
+
+@transaction.atomic
+def address_reserve(*, actor: User, network_id: int, address: str, note: str = "") -> AddressLease:
+    network = MeshNetwork.objects.get(pk=network_id)
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        raise InvalidInput(f"'{address}' is not an IP address.", field="address", code="invalid") from None
+    if ip not in ipam.pool(network, ip.version) or ip == ipam.gateway_address(network, ip.version):
+        raise InvalidInput(f"{ip} is not a peer address of {network.name}.", field="address", code="outside_pool")
+    lease, _ = AddressLease.objects.get_or_create(network=network, address=str(ip))
+    if lease.peer_id is not None:
+        raise Conflict(f"{ip} is in use by a peer.", field="address", code="in_use")
+    lease.reserved, lease.note = True, note[:120]
+    lease.save(update_fields=["reserved", "note"])
+    ledger.record(
+        kind="mesh.address.reserved", actor=ledger.actor_label(actor),
+        subject=f"mesh_network:{network.pk}", payload={"address": str(ip), "note": note[:120]},
+    )
+    return lease
+
+
+# --- Peers ------------------------------------------------------------------------------
+
+
+def _clean_name(name) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidInput("A peer needs a name.", field="name", code="required")
+    name = " ".join(name.split())
+    if len(name) > PEER_NAME_MAX:
+        raise InvalidInput(f"At most {PEER_NAME_MAX} characters.", field="name", code="too_long")
+    return name
+
+
+def _clean_public_key(public_key) -> str:
+    try:
+        return keys.normalize_public_key(public_key)
+    except keys.InvalidKey as exc:
+        raise InvalidInput(str(exc), field="public_key", code="invalid_key") from None
+
+
+def _clean_keepalive(keepalive, default: int) -> int:
+    if keepalive is None:
+        return default
+    if isinstance(keepalive, bool) or not isinstance(keepalive, int) or not 0 <= keepalive <= MAX_KEEPALIVE:
+        raise InvalidInput(
+            f"Keepalive is 0 (off) to {MAX_KEEPALIVE} seconds.", field="keepalive", code="out_of_range"
+        )
+    return keepalive
+
+
+def _clean_allowed_ips(allowed_ips, network: MeshNetwork) -> list[str]:
+    pools = [ipaddress.ip_network(network.ipv4_cidr), ipaddress.ip_network(network.ipv6_prefix)]
+    if allowed_ips is None:
+        return [str(p) for p in pools]
+    if not isinstance(allowed_ips, list) or not allowed_ips:
+        raise InvalidInput("A non-empty list of prefixes.", field="allowed_ips", code="invalid")
+    cleaned = []
+    for item in allowed_ips:
+        try:
+            prefix = ipaddress.ip_network(item, strict=False)
+        except (ValueError, TypeError):
+            raise InvalidInput(f"'{item}' is not an IP prefix.", field="allowed_ips", code="invalid") from None
+        if not any(prefix.version == p.version and prefix.subnet_of(p) for p in pools):
+            raise InvalidInput(
+                f"{prefix} is outside the network ({network.ipv4_cidr}, {network.ipv6_prefix}).",
+                field="allowed_ips",
+                code="outside_network",
+            )
+        cleaned.append(str(prefix))
+    return cleaned
+
+
+def _clean_expiry(expires_at: datetime | None, now: datetime) -> datetime | None:
+    if expires_at is not None and expires_at <= now:
+        raise InvalidInput("The expiry must be in the future.", field="expires_at", code="in_past")
+    return expires_at
+
+
+def _key_or_generate(public_key, generate_key: bool) -> tuple[str, str | None]:
+    if generate_key and public_key:
+        raise InvalidInput("Send a public key or ask for a generated one, not both.", field="public_key", code="ambiguous")
+    if generate_key:
+        private, public = keys.generate_keypair()
+        return public, private
+    if not public_key:
+        raise InvalidInput(
+            "Send your public key (`wg pubkey`), or set generate_key to get a key pair shown once.",
+            field="public_key",
+            code="required",
+        )
+    return _clean_public_key(public_key), None
+
+
+class CreatedPeer:
+    """A peer plus the secrets shown once: a generated private key, a new preshared key."""
+
+    def __init__(self, peer: Peer, private_key: str | None, preshared_key: str | None):
+        self.peer, self.private_key, self.preshared_key = peer, private_key, preshared_key
+
+
+@transaction.atomic
+def peer_create(
+    *,
+    actor: User,
+    name: str,
+    public_key: str | None = None,
+    generate_key: bool = False,
+    preshared_key: bool = False,
+    allowed_ips: list[str] | None = None,
+    keepalive: int | None = None,
+    expires_at: datetime | None = None,
+    network: MeshNetwork | None = None,
+) -> CreatedPeer:
+    now = timezone.now()
+    network = network or default_network()
+    name = _clean_name(name)
+    public, private = _key_or_generate(public_key, generate_key)
+    keepalive = _clean_keepalive(keepalive, network.default_keepalive)
+    allowed = _clean_allowed_ips(allowed_ips, network)
+    expires_at = _clean_expiry(expires_at, now)
+    # The owner's row is the lock that makes the quota hold under parallel requests.
+    User.objects.select_for_update().get(pk=actor.pk)
+    active = Peer.objects.filter(network=network, owner=actor, status=Peer.Status.ACTIVE)
+    if active.count() >= network.peer_quota:
+        raise Conflict(f"You have reached your quota of {network.peer_quota} peers.", field="name", code="quota")
+    if active.filter(name=name).exists():
+        raise Conflict(f"You already have a peer named '{name}'.", field="name", code="duplicate_name")
+    if Peer.objects.filter(network=network, public_key=public, status=Peer.Status.ACTIVE).exists():
+        raise Conflict("That public key is already in use.", field="public_key", code="key_in_use")
+    psk = keys.generate_preshared_key() if preshared_key else None
+    peer = Peer.objects.create(
+        network=network, owner=actor, name=name, public_key=public, key_generated_by_server=generate_key,
+        preshared_key_sealed=seal(psk.encode()) if psk else "", ipv4="0.0.0.0", ipv6="::",
+        allowed_ips=allowed, keepalive=keepalive, expires_at=expires_at,
+    )
+    try:
+        peer.ipv4 = ipam.allocate(network, 4, peer, now=now)
+        peer.ipv6 = ipam.allocate(network, 6, peer, now=now)
+    except ipam.PoolExhausted as exc:
+        raise Conflict(str(exc), field="network", code="pool_exhausted") from None
+    peer.save(update_fields=["ipv4", "ipv6"])
+    ledger.record(
+        kind="mesh.peer.created", actor=ledger.actor_label(actor), subject=f"mesh_peer:{peer.pk}",
+        payload={"public_key": public, "ipv4": peer.ipv4, "ipv6": peer.ipv6, "generated": generate_key},
+    )
+    network_bump(network)
+    if expires_at:
+        from mesh.tasks import expire_peer
+
+        # Expire at the exact moment; the periodic sweep is the safety net.
+        transaction.on_commit(lambda: expire_peer.apply_async((peer.pk,), eta=expires_at, queue=network.gateway_queue))
+    _push(peer)
+    return CreatedPeer(peer, private, psk)
+
+
+def _own_peer(actor: User, peer_id, *, lock: bool = False) -> Peer:
+    scope = Peer.objects.all() if actor.is_staff else Peer.objects.filter(owner=actor)
+    if lock:
+        scope = scope.select_for_update()
+    peer = scope.select_related("network").filter(pk=peer_id).first()
+    if peer is None:
+        raise NotFound("No such peer.")
+    return peer
+
+
+@transaction.atomic
+def peer_rotate(*, actor: User, peer_id: int, public_key: str | None = None, generate_key: bool = False) -> CreatedPeer:
+    """Swap the peer's key. The gateway takes the new key and drops the old
+    one in the same `wg syncconf`, so the old key stops working at once."""
+    peer = _own_peer(actor, peer_id, lock=True)
+    if peer.status != Peer.Status.ACTIVE:
+        raise Conflict(f"This peer is {peer.status}.", field="peer", code=peer.status)
+    public, private = _key_or_generate(public_key, generate_key)
+    if public == peer.public_key:
+        raise InvalidInput("The new key is the current key.", field="public_key", code="unchanged")
+    if Peer.objects.filter(network=peer.network, public_key=public, status=Peer.Status.ACTIVE).exists():
+        raise Conflict("That public key is already in use.", field="public_key", code="key_in_use")
+    old = peer.public_key
+    peer.public_key, peer.key_epoch = public, peer.key_epoch + 1
+    peer.key_generated_by_server, peer.rotated_at = generate_key, timezone.now()
+    peer.save(update_fields=["public_key", "key_epoch", "key_generated_by_server", "rotated_at"])
+    ledger.record(
+        kind="mesh.peer.key_rotated", actor=ledger.actor_label(actor), subject=f"mesh_peer:{peer.pk}",
+        payload={"epoch": peer.key_epoch, "old_public_key": old, "public_key": public},
+    )
+    network_bump(peer.network)
+    _push(peer)
+    psk = unseal(peer.preshared_key_sealed).decode() if peer.preshared_key_sealed else None
+    return CreatedPeer(peer, private, psk if private else None)
+
+
+def _end(peer: Peer, *, status: str, actor: User | None, now: datetime) -> None:
+    peer.status = status
+    peer.revoked_at = now
+    peer.save(update_fields=["status", "revoked_at"])
+    ipam.release(peer, now=now)
+    ledger.record(
+        kind=f"mesh.peer.{status}", actor=ledger.actor_label(actor), subject=f"mesh_peer:{peer.pk}",
+        payload={"public_key": peer.public_key, "ipv4": peer.ipv4, "ipv6": peer.ipv6},
+    )
+    network_bump(peer.network)
+    _push(peer)
+
+
+@transaction.atomic
+def peer_revoke(*, actor: User, peer_id: int) -> Peer:
+    peer = _own_peer(actor, peer_id, lock=True)
+    if peer.status == Peer.Status.ACTIVE:
+        _end(peer, status=Peer.Status.REVOKED, actor=actor, now=timezone.now())
+    return peer
+
+
+@transaction.atomic
+def peers_expire_due(*, now: datetime | None = None, peer_id: int | None = None) -> int:
+    now = now or timezone.now()
+    due = Peer.objects.select_for_update().select_related("network").filter(
+        status=Peer.Status.ACTIVE, expires_at__lte=now
+    )
+    if peer_id is not None:
+        due = due.filter(pk=peer_id)
+    count = 0
+    for peer in due:
+        _end(peer, status=Peer.Status.EXPIRED, actor=None, now=now)
+        count += 1
+    return count
+
+
+def peer_config(*, actor: User, peer_id: int, private_key: str | None = None) -> str:
+    peer = _own_peer(actor, peer_id)
+    if peer.status != Peer.Status.ACTIVE:
+        raise Conflict(f"This peer is {peer.status}; it has no working config.", field="peer", code=peer.status)
+    return render_peer_config(peer, private_key=private_key)
+
+
+def render_peer_config(peer: Peer, *, private_key: str | None) -> str:
+    network = peer.network
+    return wgconf.peer_config(
+        name=peer.name,
+        private_key=private_key,
+        ipv4=peer.ipv4,
+        ipv6=peer.ipv6,
+        gateway_public_key=network.gateway_public_key,
+        preshared_key=unseal(peer.preshared_key_sealed).decode() if peer.preshared_key_sealed else None,
+        endpoint=network.endpoint,
+        allowed_ips=peer.allowed_ips,
+        keepalive=peer.keepalive,
+    )
+
+
+def _push(peer: Peer) -> None:
+    publish_to_user(peer.owner_id, kind="mesh.peer.changed", data={"id": peer.pk, "status": peer.status})
+
+
+# --- Gateway sync -----------------------------------------------------------------------
+
+
+def render_gateway_config(network: MeshNetwork) -> str:
+    rows = Peer.objects.filter(network=network, status=Peer.Status.ACTIVE).values_list(
+        "public_key", "preshared_key_sealed", "ipv4", "ipv6"
+    )
+    return wgconf.gateway_config(
+        private_key=unseal(network.gateway_private_key_sealed).decode(),
+        listen_port=network.listen_port,
+        peers=(
+            wgconf.GatewayPeer(key, unseal(psk).decode() if psk else None, v4, v6) for key, psk, v4, v6 in rows
+        ),
+    )
+
+
+def gateway_sync(*, network_id: int) -> MeshNetwork | None:
+    """Apply the database's view of the network to the gateway interface.
+    Safe to run at any time and any number of times."""
+    network = MeshNetwork.objects.filter(pk=network_id).first()
+    if network is None:
+        return None
+    generation = network.generation
+    config = render_gateway_config(network)
+    try:
+        gateway.apply(network.interface, config)
+    except gateway.GatewayError as exc:
+        MeshNetwork.objects.filter(pk=network.pk).update(last_sync_error=str(exc)[:2000])
+        log.warning("gateway sync of %s failed: %s", network.name, exc)
+        raise
+    # Only move forward: a slower sync of an older generation must not
+    # overwrite the record of a newer one.
+    MeshNetwork.objects.filter(pk=network.pk, applied_generation__lt=generation).update(
+        applied_generation=generation, applied_at=timezone.now(), last_sync_error=""
+    )
+    network.refresh_from_db()
+    return network
+
+
+def gateway_collect_stats(*, network_id: int) -> int:
+    """Copy handshakes and transfer counters from the gateway to the peers."""
+    network = MeshNetwork.objects.filter(pk=network_id).first()
+    if network is None:
+        return 0
+    by_key = {s.public_key: s for s in gateway.stats(network.interface)}
+    updated = 0
+    for peer in Peer.objects.filter(network=network, status=Peer.Status.ACTIVE, public_key__in=list(by_key)):
+        stat = by_key[peer.public_key]
+        if (peer.last_handshake_at, peer.rx_bytes, peer.tx_bytes) != (stat.last_handshake, stat.rx_bytes, stat.tx_bytes):
+            Peer.objects.filter(pk=peer.pk).update(
+                last_handshake_at=stat.last_handshake, rx_bytes=stat.rx_bytes, tx_bytes=stat.tx_bytes
+            )
+            updated += 1
+    return updated

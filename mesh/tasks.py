@@ -1,0 +1,48 @@
+"""Thin Celery tasks for the mesh. sync_gateway and collect_stats run on the
+gateway host's queue, where `wg` reaches the interface."""
+
+from celery import shared_task
+
+from mesh import services
+from mesh.gateway import GatewayError
+from mesh.models import MeshNetwork
+
+
+@shared_task(name="mesh.tasks.sync_gateway", acks_late=True, autoretry_for=(GatewayError,),
+             retry_backoff=1, retry_backoff_max=30, max_retries=5)
+def sync_gateway(network_id: int) -> int | None:
+    network = services.gateway_sync(network_id=network_id)
+    return network.applied_generation if network else None
+
+
+@shared_task(name="mesh.tasks.expire_peer", acks_late=True)
+def expire_peer(peer_id: int) -> int:
+    return services.peers_expire_due(peer_id=peer_id)
+
+
+@shared_task(name="mesh.tasks.expire_due_peers")
+def expire_due_peers() -> int:
+    return services.peers_expire_due()
+
+
+@shared_task(name="mesh.tasks.resync_gateways")
+def resync_gateways() -> int:
+    """Periodic drift repair: re-apply every network on its gateway's queue."""
+    networks = list(MeshNetwork.objects.values_list("pk", "gateway_queue"))
+    for pk, queue in networks:
+        sync_gateway.apply_async((pk,), queue=queue)
+    return len(networks)
+
+
+@shared_task(name="mesh.tasks.collect_stats")
+def collect_stats() -> None:
+    for pk, queue in MeshNetwork.objects.values_list("pk", "gateway_queue"):
+        collect_network_stats.apply_async((pk,), queue=queue)
+
+
+@shared_task(name="mesh.tasks.collect_network_stats")
+def collect_network_stats(network_id: int) -> int:
+    try:
+        return services.gateway_collect_stats(network_id=network_id)
+    except GatewayError:
+        return 0  # the sync task records gateway trouble; stats simply wait

@@ -1,0 +1,231 @@
+"""The mesh API: creating, listing, downloading, rotating and revoking peers,
+and every kind of bad input answered with a clear 4xx and nothing half-made."""
+
+import ipaddress
+import subprocess
+import threading
+
+import pytest
+from django.db import connection
+from django.test import Client
+
+from identity.models import User
+from mesh import keys
+from mesh.models import AddressLease, MeshNetwork, Peer
+from mesh.services import network_create, peer_create
+
+API = "/api/meshnet/mesh"
+BACKEND = "django_otp_webauthn.backends.WebAuthnBackend"
+
+
+def client_for(user) -> Client:
+    client = Client()
+    client.force_login(user, backend=BACKEND)
+    return client
+
+
+def post(client, path, data=None):
+    return client.post(f"{API}/{path}", data or {}, content_type="application/json")
+
+
+@pytest.fixture()
+def alice(db):
+    return User.objects.create_user(display_name="Alice", signup_state="active")
+
+
+@pytest.fixture()
+def bob(db):
+    return User.objects.create_user(display_name="Bob", signup_state="active")
+
+
+@pytest.fixture()
+def operator(db):
+    return User.objects.create_user(display_name="Olga", is_staff=True, is_superuser=True, signup_state="active")
+
+
+def wg_pubkey(private_key: str) -> str:
+    return subprocess.run(["wg", "pubkey"], input=private_key, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_a_peer_with_the_users_own_key_gets_addresses_and_a_config_without_private_key(alice):
+    client = client_for(alice)
+    private = subprocess.run(["wg", "genkey"], capture_output=True, text=True, check=True).stdout.strip()
+    response = post(client, "peers", {"name": "laptop", "public_key": wg_pubkey(private)})
+    assert response.status_code == 201, response.content
+    peer = response.json()
+    assert peer["config"] is None and peer["qr"] is None
+    assert ipaddress.ip_address(peer["ipv4"]) in ipaddress.ip_network("100.96.0.0/16")
+    assert ipaddress.ip_address(peer["ipv6"]).version == 6
+    config = client.get(f"{API}/peers/{peer['id']}/config")
+    assert config.status_code == 200 and config["Content-Type"].startswith("text/plain")
+    text = config.content.decode()
+    assert "# PrivateKey = " in text and private not in text
+    assert f"Address = {peer['ipv4']}/32, {peer['ipv6']}/128" in text
+    assert "Endpoint = 127.0.0.1:51820" in text
+    qr = client.get(f"{API}/peers/{peer['id']}/config", {"format": "qr"})
+    assert qr["Content-Type"] == "image/png" and qr.content.startswith(b"\x89PNG")
+
+
+def test_a_generated_private_key_is_shown_once_and_never_stored(alice):
+    client = client_for(alice)
+    response = post(client, "peers", {"name": "phone", "generate_key": True, "preshared_key": True})
+    assert response.status_code == 201
+    peer = response.json()
+    private = next(line.split(" = ", 1)[1] for line in peer["config"].splitlines() if line.startswith("PrivateKey"))
+    assert wg_pubkey(private) == peer["public_key"] == keys.public_key(private)
+    assert peer["qr"].startswith("data:image/png;base64,")
+    assert "PresharedKey = " in peer["config"]
+    stored = Peer.objects.get(pk=peer["id"])
+    assert private not in str([getattr(stored, f.name) for f in Peer._meta.fields])
+    assert "PresharedKey" not in stored.preshared_key_sealed and stored.preshared_key_sealed.startswith("sb1:")
+    again = client.get(f"{API}/peers/{peer['id']}/config").content.decode()
+    assert private not in again and "# PrivateKey" in again
+
+
+@pytest.mark.parametrize(
+    "body, field, code",
+    [
+        ({"name": "x", "public_key": "not-a-key"}, "public_key", "invalid_key"),
+        ({"name": "x", "public_key": "A" * 43 + "="}, "public_key", "invalid_key"),
+        ({"name": "x", "public_key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}, "public_key", "invalid_key"),
+        ({"name": "x"}, "public_key", "required"),
+        ({"name": "x", "generate_key": True, "public_key": "4Ybx9XxxcT5AYEP7Q8K1TiYzDg5Vlhxm4PrChZ4jAwA="}, "public_key", "ambiguous"),
+        ({"name": "x", "generate_key": True, "keepalive": 100000}, "keepalive", "out_of_range"),
+        ({"name": "x", "generate_key": True, "keepalive": -5}, "keepalive", "out_of_range"),
+        ({"name": "x", "generate_key": True, "allowed_ips": ["0.0.0.0/0"]}, "allowed_ips", "outside_network"),
+        ({"name": "x", "generate_key": True, "allowed_ips": ["10.0.0.0/8"]}, "allowed_ips", "outside_network"),
+        ({"name": "x", "generate_key": True, "allowed_ips": ["banana"]}, "allowed_ips", "invalid"),
+        ({"name": "x", "generate_key": True, "expires_at": "2001-01-01T00:00:00Z"}, "expires_at", "in_past"),
+        ({"name": "  ", "generate_key": True}, "name", "required"),
+    ],
+)
+def test_bad_input_is_refused_naming_the_field_and_creates_nothing(alice, body, field, code):
+    response = post(client_for(alice), "peers", body)
+    assert response.status_code == 400, response.content
+    assert field in response.json() and response.json()["code"] == code
+    assert not Peer.objects.exists() and not AddressLease.objects.exists()
+
+
+def test_another_users_peer_answers_404_everywhere(alice, bob):
+    peer = post(client_for(alice), "peers", {"name": "mine", "generate_key": True}).json()
+    eve = client_for(bob)
+    assert eve.get(f"{API}/peers/{peer['id']}").status_code == 404
+    assert eve.get(f"{API}/peers/{peer['id']}/config").status_code == 404
+    assert post(eve, f"peers/{peer['id']}/rotate", {"generate_key": True}).status_code == 404
+    assert eve.delete(f"{API}/peers/{peer['id']}").status_code == 404
+    assert eve.get(f"{API}/peers").json()["results"] == []
+    assert Peer.objects.get(pk=peer["id"]).status == "active"
+
+
+def test_rotation_bumps_the_epoch_and_replaces_the_key(alice):
+    client = client_for(alice)
+    peer = post(client, "peers", {"name": "rot", "generate_key": True}).json()
+    new_private, new_public = keys.generate_keypair()
+    rotated = post(client, f"peers/{peer['id']}/rotate", {"public_key": new_public})
+    assert rotated.status_code == 200
+    assert rotated.json()["key_epoch"] == 2 and rotated.json()["public_key"] == new_public
+    assert rotated.json()["rotated_at"] is not None
+    assert post(client, f"peers/{peer['id']}/rotate", {"public_key": new_public}).json()["code"] == "unchanged"
+    generated = post(client, f"peers/{peer['id']}/rotate", {"generate_key": True}).json()
+    assert generated["key_epoch"] == 3 and "PrivateKey = " in generated["config"]
+
+
+def test_revoking_releases_addresses_only_after_the_cooldown(alice):
+    client = client_for(alice)
+    first = post(client, "peers", {"name": "one", "generate_key": True}).json()
+    assert client.delete(f"{API}/peers/{first['id']}").status_code == 204
+    assert Peer.objects.get(pk=first["id"]).status == "revoked"
+    assert client.get(f"{API}/peers/{first['id']}/config").status_code == 409
+    second = post(client, "peers", {"name": "two", "generate_key": True}).json()
+    assert second["ipv4"] != first["ipv4"], "a released address waits out its cool-down"
+    MeshNetwork.objects.update(address_cooldown_seconds=0)
+    third = post(client, "peers", {"name": "three", "generate_key": True}).json()
+    assert third["ipv4"] == first["ipv4"], "after the cool-down the address is reused"
+
+
+def test_a_duplicate_key_or_name_is_a_conflict(alice, bob):
+    _, public = keys.generate_keypair()
+    assert post(client_for(alice), "peers", {"name": "a", "public_key": public}).status_code == 201
+    assert post(client_for(bob), "peers", {"name": "b", "public_key": public}).json()["code"] == "key_in_use"
+    assert post(client_for(alice), "peers", {"name": "a", "generate_key": True}).json()["code"] == "duplicate_name"
+
+
+def test_the_per_user_quota_is_enforced(alice, settings):
+    settings.MESH_PEER_QUOTA = 2
+    client = client_for(alice)
+    for n in range(2):
+        assert post(client, "peers", {"name": f"p{n}", "generate_key": True}).status_code == 201
+    over = post(client, "peers", {"name": "p2", "generate_key": True})
+    assert over.status_code == 409 and over.json()["code"] == "quota"
+
+
+def test_an_exhausted_pool_answers_409_and_creates_nothing(alice, operator):
+    network_create(actor=operator, name="tiny", ipv4_cidr="100.127.0.0/30", ipv6_prefix="fd99::/64")
+    client = client_for(alice)
+    assert post(client, "peers", {"name": "only", "generate_key": True, "network": "tiny"}).status_code == 201
+    full = post(client, "peers", {"name": "extra", "generate_key": True, "network": "tiny"})
+    assert full.status_code == 409 and full.json()["code"] == "pool_exhausted"
+    assert Peer.objects.filter(network__name="tiny").count() == 1
+
+
+def test_reserved_addresses_are_never_handed_out(alice, operator):
+    from mesh.services import address_reserve
+
+    network = network_create(actor=operator, name="res", ipv4_cidr="100.126.0.0/29", ipv6_prefix="fd98::/64")
+    address_reserve(actor=operator, network_id=network.pk, address="100.126.0.2", note="printer")
+    peer = post(client_for(alice), "peers", {"name": "p", "generate_key": True, "network": "res"}).json()
+    assert peer["ipv4"] == "100.126.0.3"
+
+
+@pytest.mark.parametrize(
+    "body, field, code, status",
+    [
+        ({"name": "dup", "ipv4_cidr": "100.96.1.0/24", "ipv6_prefix": "fd11::/64"}, "ipv4_cidr", "overlap", 409),
+        ({"name": "dup6", "ipv4_cidr": "100.97.0.0/24", "ipv6_prefix": "fd42:1f5a:7c00::/80"}, "ipv6_prefix", "overlap", 409),
+        ({"name": "gua", "ipv4_cidr": "100.98.0.0/24", "ipv6_prefix": "2001:db8::/64"}, "ipv6_prefix", "not_ula", 400),
+        ({"name": "host", "ipv4_cidr": "100.98.0.1/24", "ipv6_prefix": "fd12::/64"}, "ipv4_cidr", "invalid", 400),
+        ({"name": "small", "ipv4_cidr": "100.98.0.0/31", "ipv6_prefix": "fd12::/64"}, "ipv4_cidr", "too_small", 400),
+    ],
+)
+def test_networks_that_overlap_or_are_malformed_are_refused(operator, body, field, code, status):
+    client = client_for(operator)
+    assert post(client, "peers", {"name": "seed", "generate_key": True}).status_code == 201  # makes the default network
+    response = post(client, "networks", body)
+    assert response.status_code == status, response.content
+    assert field in response.json() and response.json()["code"] == code
+    assert not MeshNetwork.objects.filter(name=body["name"]).exists()
+
+
+def test_only_operators_create_networks_and_read_the_gateway_config(alice, operator):
+    body = {"name": "ops", "ipv4_cidr": "100.99.0.0/24", "ipv6_prefix": "fd13::/64"}
+    assert post(client_for(alice), "networks", body).status_code == 403
+    assert client_for(alice).get(f"{API}/gateway/config").status_code == 403
+    assert post(client_for(operator), "networks", body).status_code == 201
+    post(client_for(alice), "peers", {"name": "gw-peer", "generate_key": True, "network": "ops"})
+    config = client_for(operator).get(f"{API}/gateway/config", {"network": "ops"}).content.decode()
+    assert config.startswith("[Interface]\nPrivateKey = ") and config.count("[Peer]") == 1
+
+
+def test_concurrent_creation_never_hands_out_one_address_twice(transactional_db):
+    users = [User.objects.create_user(display_name=f"u{i}", signup_state="active") for i in range(6)]
+    barrier = threading.Barrier(len(users))
+    errors = []
+
+    def create(user):
+        try:
+            barrier.wait()
+            peer_create(actor=user, name="racer", generate_key=True)
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=create, args=(u,)) for u in users]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    v4 = list(Peer.objects.values_list("ipv4", flat=True))
+    v6 = list(Peer.objects.values_list("ipv6", flat=True))
+    assert len(v4) == len(set(v4)) == len(users) and len(set(v6)) == len(users)
