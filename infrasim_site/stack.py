@@ -57,6 +57,16 @@ def choose_redis(env: dict) -> tuple[str, bool]:
     return f"redis://127.0.0.1:{port}/0", True
 
 
+def _can_run_gateway() -> bool:
+    """The embedded mesh gateway needs root, a tun device and wireguard-go."""
+    import shutil
+
+    if os.geteuid() != 0 or not Path("/dev/net/tun").exists() or not shutil.which("wireguard-go"):
+        print("Mesh gateway not started here (needs root, /dev/net/tun and wireguard-go).", file=sys.stderr)
+        return False
+    return True
+
+
 def main() -> int:
     env = dict(os.environ)
     env.setdefault("INFRASIM_VAR_DIR", str(ROOT / "var"))
@@ -71,7 +81,7 @@ def main() -> int:
     subprocess.run([*manage, "check"], env=env, check=True)
     subprocess.run([*manage, "migrate", "--noinput"], env=env, check=True)
 
-    processes = (["redis"] if private_redis else []) + ["web", "worker"]
+    processes = (["redis"] if private_redis else []) + ["web", "worker"] + (["gateway"] if _can_run_gateway() else [])
     print(
         f"\n  InfraSim is starting: open {origin}/ and create an account with a passkey.\n"
         f"  Operators: `.venv/bin/python manage.py createoperator \"Your Name\"` prints an enrollment link.\n"
