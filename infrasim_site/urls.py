@@ -11,6 +11,9 @@ admin.site.site_title = "InfraSim admin"
 urlpatterns = [
     # The admin has no login form of its own: operators sign in with a passkey.
     path("admin/login/", views.admin_login),
+    # Nobody has a password, so the admin's password pages must not exist.
+    path("admin/password_change/", views.no_passwords),
+    path("admin/password_change/done/", views.no_passwords),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),

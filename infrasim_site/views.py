@@ -1,5 +1,6 @@
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import urlencode
@@ -29,6 +30,10 @@ def dashboard(request, claim_form=None):
         },
         status=400 if claim_form is not None and claim_form.errors else 200,
     )
+
+
+def no_passwords(request):
+    raise Http404("InfraSim has no passwords: manage your passkeys instead.")
 
 
 def admin_login(request):

@@ -31,6 +31,7 @@ def test_no_admin_page_has_a_password_field(operator_client):
         html = operator_client.get(url).content.decode()
         assert not re.search(r'type="password"|name="password', html), url
     assert operator_client.get("/admin/identity/user/add/").status_code == 403
+    assert operator_client.get("/admin/password_change/").status_code == 404
 
 
 def test_a_user_who_is_not_an_operator_cannot_use_the_admin(db):

@@ -47,6 +47,13 @@ def test_dns_record_is_created_and_resolves_from_the_server(db, knot):
     assert not provider.is_available("dnsalice")
 
 
+def test_dns_can_point_a_handle_at_a_cname_target(db, knot):
+    identity = make_identity("dnscname")
+    dns_provider(knot, target_a=(), target_aaaa=(), target_cname="edge.test.infrasim.").provision(identity)
+    assert knot.query("dnscname.test.infrasim", "CNAME") == ["edge.test.infrasim."]
+    assert knot.query("_infrasim.dnscname.test.infrasim", "TXT"), "the ownership marker sits beside the CNAME"
+
+
 def test_dns_provisioning_twice_is_harmless(db, knot):
     identity = make_identity("dnstwice")
     provider = dns_provider(knot)
