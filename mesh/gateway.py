@@ -8,9 +8,12 @@ up) and read handshakes and transfer counters with `wg show dump`.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import NamedTuple
 
@@ -36,6 +39,22 @@ def _wg(*args: str, timeout: float = 30) -> str:
     if result.returncode != 0:
         raise GatewayError(f"`wg {' '.join(args[:2])}` failed: {result.stderr.strip() or result.returncode}")
     return result.stdout
+
+
+def lock_path(interface: str) -> str:
+    return os.path.join(tempfile.gettempdir(), f"infrasim-wg-{interface}.lock")
+
+
+@contextmanager
+def exclusive(interface: str) -> Iterator[None]:
+    """Hold this host's lock for one interface (every sync of an interface
+    runs on its gateway host, in any of the worker's threads or processes)."""
+    fd = os.open(lock_path(interface), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def apply(interface: str, config: str) -> None:

@@ -375,6 +375,15 @@ def peers_expire_due(*, now: datetime | None = None, peer_id: int | None = None)
     return count
 
 
+def peer_expiring_later(*, peer_id: int) -> Peer | None:
+    """The peer, if it is still active and its expiry is still ahead."""
+    return (
+        Peer.objects.select_related("network")
+        .filter(pk=peer_id, status=Peer.Status.ACTIVE, expires_at__gt=timezone.now())
+        .first()
+    )
+
+
 def peer_config(*, actor: User, peer_id: int, private_key: str | None = None) -> str:
     peer = _own_peer(actor, peer_id)
     if peer.status != Peer.Status.ACTIVE:
@@ -405,7 +414,7 @@ def _push(peer: Peer) -> None:
 
 
 def render_gateway_config(network: MeshNetwork) -> str:
-    rows = Peer.objects.filter(network=network, status=Peer.Status.ACTIVE).values_list(
+    rows = Peer.objects.filter(network=network, status=Peer.Status.ACTIVE).order_by("pk").values_list(
         "public_key", "preshared_key_sealed", "ipv4", "ipv6"
     )
     return wgconf.gateway_config(
@@ -417,25 +426,35 @@ def render_gateway_config(network: MeshNetwork) -> str:
     )
 
 
-def gateway_sync(*, network_id: int) -> MeshNetwork | None:
+def gateway_sync(*, network_id: int, force: bool = False) -> MeshNetwork | None:
     """Apply the database's view of the network to the gateway interface.
-    Safe to run at any time and any number of times."""
+    Safe to run at any time and any number of times. A sync that finds the
+    current generation already applied returns at once (a burst of changes
+    costs one `wg syncconf`, not one per change); `force` re-applies anyway,
+    which is how the periodic run repairs drift made outside InfraSim."""
     network = MeshNetwork.objects.filter(pk=network_id).first()
     if network is None:
         return None
-    generation = network.generation
-    config = render_gateway_config(network)
-    try:
-        gateway.apply(network.interface, config)
-    except gateway.GatewayError as exc:
-        MeshNetwork.objects.filter(pk=network.pk).update(last_sync_error=str(exc)[:2000])
-        log.warning("gateway sync of %s failed: %s", network.name, exc)
-        raise
-    # Only move forward: a slower sync of an older generation must not
-    # overwrite the record of a newer one.
-    MeshNetwork.objects.filter(pk=network.pk, applied_generation__lt=generation).update(
-        applied_generation=generation, applied_at=timezone.now(), last_sync_error=""
-    )
+    # Read, render and apply under the interface's lock, so that syncs reach
+    # the gateway in the order they read the database. Without it a sync that
+    # rendered before a revoke could apply after the revoke's own sync, and
+    # put the revoked key back while applied_generation claimed otherwise.
+    with gateway.exclusive(network.interface):
+        network.refresh_from_db()
+        generation = network.generation
+        if not force and network.applied_generation >= generation and not network.last_sync_error:
+            return network
+        config = render_gateway_config(network)
+        try:
+            gateway.apply(network.interface, config)
+        except gateway.GatewayError as exc:
+            MeshNetwork.objects.filter(pk=network.pk).update(last_sync_error=str(exc)[:2000])
+            log.warning("gateway sync of %s failed: %s", network.name, exc)
+            raise
+        # Only move forward: the record of a newer generation stays.
+        MeshNetwork.objects.filter(pk=network.pk, applied_generation__lt=generation).update(
+            applied_generation=generation, applied_at=timezone.now(), last_sync_error=""
+        )
     network.refresh_from_db()
     return network
 

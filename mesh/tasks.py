@@ -10,14 +10,20 @@ from mesh.models import MeshNetwork
 
 @shared_task(name="mesh.tasks.sync_gateway", acks_late=True, autoretry_for=(GatewayError,),
              retry_backoff=1, retry_backoff_max=30, max_retries=5)
-def sync_gateway(network_id: int) -> int | None:
-    network = services.gateway_sync(network_id=network_id)
+def sync_gateway(network_id: int, force: bool = False) -> int | None:
+    network = services.gateway_sync(network_id=network_id, force=force)
     return network.applied_generation if network else None
 
 
 @shared_task(name="mesh.tasks.expire_peer", acks_late=True)
 def expire_peer(peer_id: int) -> int:
-    return services.peers_expire_due(peer_id=peer_id)
+    expired = services.peers_expire_due(peer_id=peer_id)
+    if not expired:
+        # Delivered early (clock skew between hosts, rounding): try again at the expiry.
+        peer = services.peer_expiring_later(peer_id=peer_id)
+        if peer is not None:
+            expire_peer.apply_async((peer_id,), eta=peer.expires_at, queue=peer.network.gateway_queue)
+    return expired
 
 
 @shared_task(name="mesh.tasks.expire_due_peers")
@@ -30,7 +36,7 @@ def resync_gateways() -> int:
     """Periodic drift repair: re-apply every network on its gateway's queue."""
     networks = list(MeshNetwork.objects.values_list("pk", "gateway_queue"))
     for pk, queue in networks:
-        sync_gateway.apply_async((pk,), queue=queue)
+        sync_gateway.apply_async((pk,), {"force": True}, queue=queue)
     return len(networks)
 
 

@@ -56,7 +56,7 @@ class Command(BaseCommand):
             run("ip", "link", "set", interface, "up")
             run("sysctl", "-qw", "net.ipv4.ip_forward=1")
             run("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
-            services.gateway_sync(network_id=mesh.pk)
+            services.gateway_sync(network_id=mesh.pk, force=True)  # a new interface starts empty
             self.stdout.write(
                 f"Gateway {interface} of network '{mesh.name}' is up: {mesh.ipv4_cidr}, {mesh.ipv6_prefix}, "
                 f"listening on UDP {mesh.listen_port}, peers dial {mesh.endpoint}",
