@@ -59,9 +59,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from infrasim_site.localredis import redis_answers, start_private_redis  # noqa: E402  (needs ROOT on the path)
 WG_RUN_DIR = Path("/var/run/wireguard")
 TARGET_RENDER_SIZE = 10_000
 TARGET_RENDER_S = 1.0
@@ -81,22 +83,6 @@ def p95(samples: list[float]) -> float:
     return statistics.quantiles(samples, n=20, method="inclusive")[18]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def redis_answers(url: str) -> bool:
-    parts = urlsplit(url)
-    try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), timeout=1) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))
-    except OSError:
-        return False
-
-
 def stop_process(process: subprocess.Popen, *, group: bool = False, timeout: float = 10) -> None:
     """Stop a child we started (by its pid, or its own process group)."""
     if process.poll() is not None:
@@ -114,26 +100,6 @@ def stop_process(process: subprocess.Popen, *, group: bool = False, timeout: flo
             else:
                 process.kill()
         process.wait(timeout=5)
-
-
-def start_private_redis(workdir: str, cleanup: contextlib.ExitStack) -> str:
-    server = shutil.which("redis-server")
-    if server is None:
-        raise SystemExit("REDIS_URL does not answer and redis-server is not installed")
-    port = free_port()
-    process = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    cleanup.callback(stop_process, process)
-    url = f"redis://127.0.0.1:{port}/0"
-    deadline = time.monotonic() + 10
-    while not redis_answers(url):
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("the private redis-server did not start")
-        time.sleep(0.05)
-    return url
 
 
 # --- the gateway: wireguard-go in a namespace of its own ----------------------------------
@@ -617,9 +583,10 @@ def main() -> int:
         if args.skip_propagation:
             redis_url = redis_url or "redis://127.0.0.1:6379/0"
         elif not redis_url or not redis_answers(redis_url):
-            redis_url, redis_note = start_private_redis(workdir, cleanup), "private redis-server"
+            redis_url, redis_process = start_private_redis(workdir)
+            cleanup.callback(stop_process, redis_process)
+            redis_note = "private redis-server"
         os.environ["REDIS_URL"] = redis_url
-        sys.path.insert(0, str(ROOT))
 
         import django
         from django.core.management import call_command

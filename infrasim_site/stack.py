@@ -15,16 +15,9 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from infrasim_site.localredis import free_port, redis_answers
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _answers(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))
-    except OSError:
-        return False
 
 
 def _port_is_free(port: int) -> bool:
@@ -36,23 +29,16 @@ def _port_is_free(port: int) -> bool:
     return True
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def choose_redis(env: dict) -> tuple[str, bool]:
     """Return (REDIS_URL, whether to start a private redis-server)."""
     configured = env.get("REDIS_URL", "").strip()
     if configured:
-        parts = urlsplit(configured)
-        if _answers(parts.hostname or "127.0.0.1", parts.port or 6379):
+        if redis_answers(configured):
             return configured, False
         print(f"REDIS_URL={configured} does not answer; starting a private redis-server instead.", file=sys.stderr)
     port = int(env.get("INFRASIM_PRIVATE_REDIS_PORT", "6390"))
     if not _port_is_free(port):
-        port = _free_port()
+        port = free_port()
     env["INFRASIM_PRIVATE_REDIS_PORT"] = str(port)
     return f"redis://127.0.0.1:{port}/0", True
 

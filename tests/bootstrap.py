@@ -11,47 +11,9 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
-import socket
-import subprocess
 import tempfile
-import time
-from urllib.parse import urlsplit
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def redis_answers(url: str) -> bool:
-    parts = urlsplit(url)
-    try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), timeout=1) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))
-    except OSError:
-        return False
-
-
-def start_private_redis(workdir: str) -> str:
-    server = shutil.which("redis-server")
-    if server is None:
-        raise RuntimeError("redis-server is not installed; run `make test`, which installs it")
-    port = free_port()
-    process = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    atexit.register(process.terminate)
-    url = f"redis://127.0.0.1:{port}/0"
-    deadline = time.monotonic() + 10
-    while not redis_answers(url):
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("the private redis-server did not start")
-        time.sleep(0.05)
-    return url
+from infrasim_site.localredis import free_port, redis_answers, start_private_redis
 
 
 _workdir = tempfile.mkdtemp(prefix="infrasim-test-")
@@ -71,5 +33,6 @@ os.environ["ALLOWED_HOSTS"] = "localhost,127.0.0.1,testserver"
 
 _redis = os.environ.get("REDIS_URL", "")
 if not _redis or not redis_answers(_redis):
-    _redis = start_private_redis(_workdir)
+    _redis, _redis_process = start_private_redis(_workdir)
+    atexit.register(_redis_process.terminate)
 os.environ["REDIS_URL"] = _redis

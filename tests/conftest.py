@@ -11,7 +11,9 @@ import uvicorn
 from django.conf import settings
 
 from tests.bootstrap import LIVE_SERVER_PORT
-from tests.servers import knot, s3, synapse  # noqa: F401  (session fixtures: Knot DNS, S3, Synapse)
+
+# Session fixtures for the real provisioning servers: knot, synapse, s3.
+pytest_plugins = ["tests.servers"]
 
 
 class LiveServer:
