@@ -3,16 +3,15 @@ and every kind of bad input answered with a clear 4xx and nothing half-made."""
 
 import ipaddress
 import subprocess
-import threading
 
 import pytest
-from django.db import connection
 from django.test import Client
 
 from identity.models import User
 from mesh import keys
 from mesh.models import AddressLease, MeshNetwork, Peer
 from mesh.services import network_create, peer_create
+from tests.concurrency import race
 
 API = "/api/meshnet/mesh"
 BACKEND = "django_otp_webauthn.backends.WebAuthnBackend"
@@ -208,24 +207,8 @@ def test_only_operators_create_networks_and_read_the_gateway_config(alice, opera
 
 def test_concurrent_creation_never_hands_out_one_address_twice(transactional_db):
     users = [User.objects.create_user(display_name=f"u{i}", signup_state="active") for i in range(6)]
-    barrier = threading.Barrier(len(users))
-    errors = []
-
-    def create(user):
-        try:
-            barrier.wait()
-            peer_create(actor=user, name="racer", generate_key=True)
-        except Exception as exc:  # noqa: BLE001 - collected and asserted below
-            errors.append(exc)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=create, args=(u,)) for u in users]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    assert not errors, errors
+    outcomes = race([lambda u=u: peer_create(actor=u, name="racer", generate_key=True) for u in users])
+    assert not [o for o in outcomes if isinstance(o, Exception)], outcomes
     v4 = list(Peer.objects.values_list("ipv4", flat=True))
     v6 = list(Peer.objects.values_list("ipv6", flat=True))
     assert len(v4) == len(set(v4)) == len(users) and len(set(v6)) == len(users)
