@@ -64,12 +64,13 @@ def passkey_registration_begin(
     *, request: HttpRequest, display_name: str | None = None, enrollment_token: str | None = None
 ) -> dict:
     """Return PublicKeyCredentialCreationOptionsJSON for whoever is asking:
-    the signed-in user adds a passkey, an enrollment link enrolls an operator,
+    an enrollment link enrolls the account it was issued for (even in a
+    browser signed in as somebody else), the signed-in user adds a passkey,
     and anybody else signs up as a new account named `display_name`."""
-    if request.user.is_authenticated:
-        user, purpose = request.user, "add"
-    elif enrollment_token:
+    if enrollment_token:
         user, purpose = _enrollment_user(enrollment_token), "enroll"
+    elif request.user.is_authenticated:
+        user, purpose = request.user, "add"
     else:
         user, purpose = _signup_user(request, display_name), "signup"
 

@@ -14,7 +14,7 @@ import logging
 from datetime import datetime
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -278,11 +278,17 @@ def peer_create(
     if Peer.objects.filter(network=network, public_key=public, status=Peer.Status.ACTIVE).exists():
         raise Conflict("That public key is already in use.", field="public_key", code="key_in_use")
     psk = keys.generate_preshared_key() if preshared_key else None
-    peer = Peer.objects.create(
-        network=network, owner=actor, name=name, public_key=public, key_generated_by_server=generate_key,
-        preshared_key_sealed=seal(psk.encode()) if psk else "", ipv4="0.0.0.0", ipv6="::",
-        allowed_ips=allowed, keepalive=keepalive, expires_at=expires_at,
-    )
+    try:
+        with transaction.atomic():
+            peer = Peer.objects.create(
+                network=network, owner=actor, name=name, public_key=public, key_generated_by_server=generate_key,
+                preshared_key_sealed=seal(psk.encode()) if psk else "", ipv4="0.0.0.0", ipv6="::",
+                allowed_ips=allowed, keepalive=keepalive, expires_at=expires_at,
+            )
+    except IntegrityError:
+        # Another request registered the same key a moment ago (the checks
+        # above ran before it committed); the unique constraint decided.
+        raise Conflict("That public key is already in use.", field="public_key", code="key_in_use") from None
     try:
         peer.ipv4 = ipam.allocate(network, 4, peer, now=now)
         peer.ipv6 = ipam.allocate(network, 6, peer, now=now)

@@ -497,6 +497,22 @@ def test_an_operator_enrolls_through_the_one_time_link():
     assert signed_in_user(fresh)["is_operator"] is True
 
 
+def test_an_enrollment_link_opened_while_signed_in_enrolls_its_own_account():
+    client = Client()
+    sign_up(client, authenticator(), display_name="Busy Admin")
+    me_before = client.get(f"{API}/me").json()["user"]
+    token = create_operator("Newcomer")
+    newcomer = User.objects.get(display_name="Newcomer")
+
+    device = authenticator()
+    options = register_options(client, enrollment_token=token)
+    assert options["user"]["displayName"] == "Newcomer"
+    assert post_json(client, f"{API}/auth/register/verify", device.create(options)).status_code == 201
+    assert client.get(f"{API}/me").json()["user"]["account_id"] == str(newcomer.account_id)
+    assert WebAuthnCredential.objects.filter(user=newcomer).count() == 1
+    assert WebAuthnCredential.objects.filter(user__account_id=me_before["account_id"]).count() == 1
+
+
 def test_an_enrollment_link_cannot_be_completed_twice_in_parallel():
     token = create_operator("Otto")
     first, second = Client(), Client()

@@ -212,3 +212,15 @@ def test_concurrent_creation_never_hands_out_one_address_twice(transactional_db)
     v4 = list(Peer.objects.values_list("ipv4", flat=True))
     v6 = list(Peer.objects.values_list("ipv6", flat=True))
     assert len(v4) == len(set(v4)) == len(users) and len(set(v6)) == len(users)
+
+
+def test_two_users_racing_with_one_public_key_get_one_peer_and_one_conflict(transactional_db):
+    from infrasim_site.errors import Conflict
+
+    users = [User.objects.create_user(display_name=f"k{i}", signup_state="active") for i in range(2)]
+    _, public = keys.generate_keypair()
+    outcomes = race([lambda u=u: peer_create(actor=u, name="same-key", public_key=public) for u in users])
+    conflicts = [o for o in outcomes if isinstance(o, Conflict)]
+    assert len(conflicts) == 1 and conflicts[0].code == "key_in_use", outcomes
+    assert Peer.objects.filter(public_key=public).count() == 1
+    assert AddressLease.objects.filter(peer__isnull=False).count() == 2, "only the winner holds addresses"
