@@ -14,6 +14,7 @@ import logging
 from datetime import datetime
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -111,13 +112,15 @@ def default_network() -> MeshNetwork:
     if network is not None:
         return network
     try:
+        # network_create is atomic, so inside a caller's transaction this is a
+        # savepoint: losing the race to another first use rolls back only it.
         return network_create(
             actor=None,
             name=settings.MESH_DEFAULT_NETWORK,
             ipv4_cidr=settings.MESH_IPV4_CIDR,
             ipv6_prefix=settings.MESH_IPV6_PREFIX,
         )
-    except Conflict:
+    except (IntegrityError, ValidationError, Conflict):
         return MeshNetwork.objects.get(name=settings.MESH_DEFAULT_NETWORK)
 
 

@@ -18,6 +18,7 @@ from django.conf import settings
 from forensics.models import LedgerEntry
 from identity.models import Identity, ProvisioningStep, User
 from identity.provisioning import identity_claim
+from tests import database
 from tests.identity.test_provisioning_with_real_servers import resolve
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,7 +61,7 @@ def start_worker(dns_port: int, knot) -> subprocess.Popen:
         "DNS_TARGET_A": "192.0.2.10",
         "DNS_TARGET_AAAA": "2001:db8::10",
         "DNS_PORT": str(dns_port),
-        "DATABASE_URL": f"sqlite:///{settings.DATABASES['default']['NAME']}",
+        "DATABASE_URL": database.url_for_subprocess(),
         "REDIS_URL": private_broker_url(),
         "CELERY_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
         "CELERY_RESTORE_INTERVAL": "1",

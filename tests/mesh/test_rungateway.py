@@ -10,13 +10,12 @@ import sys
 import time
 from pathlib import Path
 
-from django.conf import settings
-
 from django.db.models import F
 
 from identity.models import User
-from mesh.models import MeshNetwork
 from mesh import services
+from mesh.models import MeshNetwork
+from tests import database
 from tests.mesh import netns
 from tests.mesh.test_tunnels import download_config, wg_genkey
 
@@ -39,7 +38,7 @@ def test_rungateway_serves_a_peer_that_uses_its_downloaded_config(netns_ready, t
         # As after a restart: the database says everything was applied, but
         # the new interface is empty, so rungateway must apply it anyway.
         MeshNetwork.objects.filter(pk=network.pk).update(applied_generation=F("generation"), last_sync_error="")
-        env = {**os.environ, "DATABASE_URL": f"sqlite:///{settings.DATABASES['default']['NAME']}"}
+        env = {**os.environ, "DATABASE_URL": database.url_for_subprocess(other_network_namespace=True)}
         gateway = topo.gateway.ns.popen(
             sys.executable, "manage.py", "rungateway", "--network", network.name,
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
