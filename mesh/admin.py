@@ -1,3 +1,4 @@
+from django import forms
 from django.contrib import admin, messages
 
 from infrasim_site.errors import ServiceError
@@ -5,8 +6,25 @@ from mesh import services
 from mesh.models import AddressLease, MeshNetwork, Peer
 
 
+class MeshNetworkForm(forms.ModelForm):
+    class Meta:
+        model = MeshNetwork
+        fields = "__all__"
+
+    def clean(self):
+        cleaned = super().clean()
+        if self.instance.pk is None and cleaned.get("ipv4_cidr") and cleaned.get("ipv6_prefix"):
+            # The same rules the API applies (prefix shape, ULA, no overlap), as form errors.
+            try:
+                services.validate_network_prefixes(ipv4_cidr=cleaned["ipv4_cidr"], ipv6_prefix=cleaned["ipv6_prefix"])
+            except ServiceError as exc:
+                self.add_error(exc.field if exc.field in self.fields else None, exc.message)
+        return cleaned
+
+
 @admin.register(MeshNetwork)
 class MeshNetworkAdmin(admin.ModelAdmin):
+    form = MeshNetworkForm
     list_display = ["name", "ipv4_cidr", "ipv6_prefix", "endpoint", "interface", "generation", "applied_generation",
                     "applied_at", "last_sync_error"]
     readonly_fields = ["gateway_public_key", "generation", "applied_generation", "applied_at", "last_sync_error",

@@ -46,7 +46,7 @@ def _parse_prefix(value: str, *, field: str, version: int):
     return prefix
 
 
-def _validate_network(*, ipv4_cidr: str, ipv6_prefix: str, exclude_pk: int | None = None):
+def validate_network_prefixes(*, ipv4_cidr: str, ipv6_prefix: str, exclude_pk: int | None = None):
     v4 = _parse_prefix(ipv4_cidr, field="ipv4_cidr", version=4)
     v6 = _parse_prefix(ipv6_prefix, field="ipv6_prefix", version=6)
     if v4.prefixlen > 30:
@@ -77,7 +77,7 @@ def network_create(
 ) -> MeshNetwork:
     if actor is not None and not actor.is_staff:
         raise PermissionDenied("Only operators manage networks.")
-    v4, v6 = _validate_network(ipv4_cidr=ipv4_cidr, ipv6_prefix=ipv6_prefix)
+    v4, v6 = validate_network_prefixes(ipv4_cidr=ipv4_cidr, ipv6_prefix=ipv6_prefix)
     host, port = settings.WG_GATEWAY_ENDPOINT
     private_key, public_key = keys.generate_keypair()
     network = MeshNetwork(
