@@ -237,8 +237,9 @@ def _check_user_handle(device: WebAuthnCredential, credential: dict) -> None:
 def _sign_in(request: HttpRequest, user: User, device: WebAuthnCredential) -> None:
     django_login(request, user, backend=_BACKEND)
     otp_login(request, device)
-    # A fixed 24 h from sign-in, not sliding with activity.
-    request.session.set_expiry(settings.SESSION_COOKIE_AGE)
+    # A fixed 24 h from sign-in: an absolute time, because a number of seconds
+    # would be counted again from every later write to the session.
+    request.session.set_expiry(timezone.now() + timedelta(seconds=settings.SESSION_COOKIE_AGE))
     ledger.record(
         kind="identity.signin", actor=ledger.actor_label(user), subject=f"user:{user.pk}", payload={"passkey": device.pk}
     )
