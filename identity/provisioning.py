@@ -168,8 +168,10 @@ def identity_provision_step(*, step_id: int) -> ProvisioningStep | None:
     """Worker side of one step. Claims it, calls the backend, records the
     outcome and schedules a retry for transient errors."""
     now = timezone.now()
-    claimed = ProvisioningStep.objects.filter(pk=step_id, status__in=[Step.PENDING, Step.RETRYING]).update(
-        status=Step.RUNNING, attempts=F("attempts") + 1, started_at=now, next_attempt_at=None
+    claimed = (
+        ProvisioningStep.objects.filter(pk=step_id, status__in=[Step.PENDING, Step.RETRYING])
+        .exclude(identity__status=Identity.Status.CANCELLING)
+        .update(status=Step.RUNNING, attempts=F("attempts") + 1, started_at=now, next_attempt_at=None)
     )
     step = ProvisioningStep.objects.select_related("identity__user").filter(pk=step_id).first()
     if step is None or step.identity.status == Identity.Status.CANCELLING:
@@ -283,6 +285,11 @@ def identity_deprovision(*, identity_id: int, attempt: int = 1) -> int | None:
     identity = Identity.objects.select_related("user").filter(pk=identity_id, status=Identity.Status.CANCELLING).first()
     if identity is None:
         return None
+    backoff = settings.PROVISIONING_BACKOFF_SECONDS * 2 ** (attempt - 1)
+    if identity.steps.filter(status=Step.RUNNING).exists() and attempt < settings.PROVISIONING_MAX_ATTEMPTS:
+        # A backend call is in flight; undoing now could miss what it is
+        # about to create. Come back when it has finished.
+        return max(backoff, 1)
     results, retry = {}, False
     for step in identity.steps.exclude(status__in=[Step.NOT_CONFIGURED, Step.REMOVED]):
         provider = provider_for(step.kind)
@@ -302,7 +309,7 @@ def identity_deprovision(*, identity_id: int, attempt: int = 1) -> int | None:
         ProvisioningStep.objects.filter(pk=step.pk).update(status=Step.REMOVED, detail=results[step.kind][:300])
     if retry and attempt < settings.PROVISIONING_MAX_ATTEMPTS:
         _push(identity)
-        return settings.PROVISIONING_BACKOFF_SECONDS * 2 ** (attempt - 1)
+        return backoff
     with transaction.atomic():
         ledger.record(
             kind="identity.cancelled",

@@ -64,3 +64,32 @@ def test_a_redelivered_step_task_does_not_redo_finished_work(db):
 
 def test_a_task_for_a_deleted_step_returns_quietly(db):
     assert identity_provision_step(step_id=987654) is None
+
+
+def test_cancelling_waits_for_a_step_still_in_flight(db):
+    from identity.models import Identity
+    from identity.provisioning import identity_cancel, identity_deprovision
+
+    user = User.objects.create_user(display_name="Flo Flight", signup_state="active")
+    identity_claim(actor=user, handle="in-flight")
+    identity = identity_start_provisioning(actor=user)
+    ProvisioningStep.objects.filter(identity=identity, kind="dns").update(status=ProvisioningStep.Status.RUNNING)
+    identity_cancel(actor=user)
+    assert identity_deprovision(identity_id=identity.pk) is not None, "asks to be run again later"
+    assert Identity.objects.filter(pk=identity.pk).exists()
+    ProvisioningStep.objects.filter(identity=identity).update(status=ProvisioningStep.Status.NOT_CONFIGURED)
+    assert identity_deprovision(identity_id=identity.pk, attempt=2) is None
+    assert not Identity.objects.filter(pk=identity.pk).exists()
+
+
+def test_a_step_task_arriving_after_a_cancel_does_not_start(db):
+    from identity.provisioning import identity_cancel
+
+    user = User.objects.create_user(display_name="Late Task", signup_state="active")
+    identity_claim(actor=user, handle="late-task")
+    identity = identity_start_provisioning(actor=user)
+    identity_cancel(actor=user)
+    step = identity.steps.get(kind="dns")
+    identity_provision_step(step_id=step.pk)
+    step.refresh_from_db()
+    assert step.status == ProvisioningStep.Status.PENDING and step.attempts == 0
