@@ -25,18 +25,32 @@ class NetworkCreateRequest(serializers.Serializer):
 class PeerSerializer(serializers.ModelSerializer):
     network = serializers.SlugRelatedField(slug_field="name", read_only=True)
     has_preshared_key = serializers.SerializerMethodField()
+    gateway_synced = serializers.SerializerMethodField(
+        help_text="The gateway holds every change so far (e.g. a rotated key): switch the device now."
+    )
 
     class Meta:
         model = Peer
         fields = [
             "id", "network", "name", "public_key", "key_epoch", "ipv4", "ipv6", "allowed_ips", "keepalive",
             "expires_at", "status", "created_at", "rotated_at", "revoked_at", "last_handshake_at", "rx_bytes",
-            "tx_bytes", "has_preshared_key",
+            "tx_bytes", "has_preshared_key", "gateway_synced",
         ]
         read_only_fields = fields
 
     def get_has_preshared_key(self, peer) -> bool:
         return bool(peer.preshared_key_sealed)
+
+    def get_gateway_synced(self, peer) -> bool:
+        # Read fresh (once per network and response): the change being
+        # answered bumped the generation after the peer row was loaded.
+        cache = self.context.setdefault("gateway_synced", {})
+        if peer.network_id not in cache:
+            generation, applied = MeshNetwork.objects.values_list("generation", "applied_generation").get(
+                pk=peer.network_id
+            )
+            cache[peer.network_id] = applied >= generation
+        return cache[peer.network_id]
 
 
 class PeerCreateRequest(serializers.Serializer):

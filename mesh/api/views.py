@@ -34,7 +34,7 @@ def _validated(serializer_class, request):
 
 
 def _with_secrets(created: services.CreatedPeer) -> dict:
-    data = s.PeerSerializer(created.peer).data
+    data = s.PeerSerializer(created.peer, context={}).data
     config = services.render_peer_config(created.peer, private_key=created.private_key) if created.private_key else None
     return {**data, "config": config, "qr": qr.data_uri(config) if config else None}
 

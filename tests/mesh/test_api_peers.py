@@ -5,6 +5,7 @@ import ipaddress
 import subprocess
 
 import pytest
+from django.db.models import F
 from django.test import Client
 
 from identity.models import User
@@ -224,3 +225,13 @@ def test_two_users_racing_with_one_public_key_get_one_peer_and_one_conflict(tran
     assert len(conflicts) == 1 and conflicts[0].code == "key_in_use", outcomes
     assert Peer.objects.filter(public_key=public).count() == 1
     assert AddressLease.objects.filter(peer__isnull=False).count() == 2, "only the winner holds addresses"
+
+
+def test_a_peer_says_when_the_gateway_holds_its_latest_change(alice):
+    client = client_for(alice)
+    peer = post(client, "peers", {"name": "sync", "generate_key": True}).json()
+    assert peer["gateway_synced"] is False, "no gateway sync has run in this test"
+    MeshNetwork.objects.update(applied_generation=F("generation"))
+    assert client.get(f"{API}/peers/{peer['id']}").json()["gateway_synced"] is True
+    rotated = post(client, f"peers/{peer['id']}/rotate", {"generate_key": True}).json()
+    assert rotated["gateway_synced"] is False
