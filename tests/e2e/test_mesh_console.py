@@ -77,3 +77,22 @@ def test_a_malformed_public_key_shows_an_error_naming_the_field(browser: Browser
     expect(page.get_by_test_id("mesh-error")).to_contain_text("public_key")
     with orm_access():
         assert not Peer.objects.exists()
+
+
+def test_the_card_shows_the_gateway_catching_up(browser: Browser):
+    from django.db.models import F
+
+    from mesh.models import MeshNetwork
+
+    page = browser.page
+    sign_up(browser, "Sync Watcher")
+    page.get_by_test_id("peer-name").fill("desk")
+    page.locator("input[name=key_mode][value=server]").check()
+    page.get_by_test_id("create-peer").click()
+    # No gateway interface exists here: "applying…", or "not reachable" if a
+    # worker of an earlier test already tried and failed to sync.
+    expect(page.get_by_test_id("gateway-state")).to_have_text(re.compile("applying…|gateway not reachable"))
+    with orm_access():
+        # What the gateway host's worker records once `wg syncconf` succeeded.
+        MeshNetwork.objects.update(applied_generation=F("generation"), last_sync_error="")
+    expect(page.get_by_test_id("gateway-state")).to_have_text("gateway in sync", timeout=5_000)
