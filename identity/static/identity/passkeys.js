@@ -70,7 +70,9 @@
     if (!resp.ok) {
       const fieldErrors = Object.entries(data).filter(([k]) => k !== "code" && k !== "detail");
       const message = data.detail || (fieldErrors.length ? fieldErrors[0][0] + ": " + fieldErrors[0][1] : resp.statusText);
-      throw new Error(message);
+      const error = new Error(message);
+      error.code = data.code;
+      throw error;
     }
     return data;
   }
@@ -114,7 +116,16 @@
       request.signal = controller.signal;
     }
     const cred = await navigator.credentials.get(request);
-    await post("auth/login/verify", credentialJSON(cred));
+    try {
+      await post("auth/login/verify", credentialJSON(cred));
+    } catch (err) {
+      // The server no longer knows this passkey (it was deleted): tell the
+      // browser, so that it stops offering it (WebAuthn Level 3 signal API).
+      if (err.code === "credential_not_found" && PublicKeyCredential.signalUnknownCredential) {
+        PublicKeyCredential.signalUnknownCredential({ rpId: options.rpId, credentialId: cred.id }).catch(() => {});
+      }
+      throw err;
+    }
     const form = document.getElementById("signin-form");
     window.location.assign((form && form.dataset.next) || "/");
   }
@@ -122,7 +133,11 @@
   async function startAutofill() {
     if (!window.PublicKeyCredential || !PublicKeyCredential.isConditionalMediationAvailable) return;
     if (!(await PublicKeyCredential.isConditionalMediationAvailable())) return;
-    signIn("conditional").catch((err) => { if (err.name !== "AbortError") showError(err); });
+    // A background autofill request that ends without the user picking a
+    // passkey (aborted, or nothing left to offer) is not an error to show.
+    signIn("conditional").catch((err) => {
+      if (err.name !== "AbortError" && err.name !== "NotAllowedError") showError(err);
+    });
   }
 
   // One ceremony at a time per control: a double click must not start a
