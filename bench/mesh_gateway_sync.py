@@ -598,6 +598,9 @@ def main() -> int:
 
         gateway = Gateway(ifname, netns)
         cleanup.callback(gateway.stop)
+        from mesh.gateway import lock_path
+
+        cleanup.callback(Path(lock_path(ifname)).unlink, missing_ok=True)
         gateway.start()
         wgo = subprocess.run(["wireguard-go", "--version"], check=False, capture_output=True, text=True).stdout.strip().split("\n")[0]
         print(f"# mesh gateway benchmark: interface {ifname} in netns {netns} ({wgo or 'wireguard-go'}), "
