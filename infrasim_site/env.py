@@ -92,7 +92,10 @@ def env_origin(name: str, default: str) -> str:
 
 
 def env_url(name: str, default: str, *, schemes: set[str]) -> str:
+    """A URL with one of `schemes`; with an empty default, unset means off ("")."""
     value = env_str(name, default)
+    if value == "":
+        return ""
     parts = urlsplit(value)
     if parts.scheme not in schemes:
         raise ImproperlyConfigured(f"{name}: expected a URL with scheme {sorted(schemes)}, got {value!r}")

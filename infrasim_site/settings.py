@@ -127,15 +127,13 @@ if DNS_SERVER:
             raise ImproperlyConfigured(f"DNS_TARGET_A: not an IPv4 address: {_address!r}")
 
 # Matrix: a Synapse homeserver's admin API.
-MATRIX_HOMESERVER_URL = (
-    env_url("MATRIX_HOMESERVER_URL", "", schemes={"http", "https"}) if env_str("MATRIX_HOMESERVER_URL", "") else ""
-)
+MATRIX_HOMESERVER_URL = env_url("MATRIX_HOMESERVER_URL", "", schemes={"http", "https"})
 MATRIX_ADMIN_TOKEN = env_str("MATRIX_ADMIN_TOKEN", "")
 if MATRIX_HOMESERVER_URL and not MATRIX_ADMIN_TOKEN:
     raise ImproperlyConfigured("MATRIX_ADMIN_TOKEN: required when MATRIX_HOMESERVER_URL is set")
 
 # S3: any S3-compatible endpoint.
-S3_ENDPOINT_URL = env_url("S3_ENDPOINT_URL", "", schemes={"http", "https"}) if env_str("S3_ENDPOINT_URL", "") else ""
+S3_ENDPOINT_URL = env_url("S3_ENDPOINT_URL", "", schemes={"http", "https"})
 S3_REGION = env_str("S3_REGION", "us-east-1")
 S3_ACCESS_KEY_ID = env_str("S3_ACCESS_KEY_ID", "")
 S3_SECRET_ACCESS_KEY = env_str("S3_SECRET_ACCESS_KEY", "")

@@ -11,14 +11,13 @@ from rest_framework.reverse import reverse as api_reverse
 from rest_framework.views import APIView
 
 from identity import selectors as identity_selectors
+from identity.forms import ClaimHandleForm
 from mesh import views as mesh_views
 
 
 @login_required
 def dashboard(request, claim_form=None):
     """The console: one card per capability."""
-    from identity.forms import ClaimHandleForm
-
     return render(
         request,
         "console/dashboard.html",

@@ -84,6 +84,3 @@ def stats(interface: str) -> list[PeerStats]:
         )
     return result
 
-
-def public_key_of(interface: str) -> str:
-    return _wg("show", interface, "public-key").strip()
