@@ -7,7 +7,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 SYSTEM_PACKAGES := python3-venv python3-dev gcc pkg-config libvirt-dev redis-server chromium \
 	qemu-system-x86 qemu-utils libvirt-daemon libvirt-clients wireguard-tools wireguard-go \
-	iproute2 iputils-ping knot knot-dnsutils
+	iproute2 iputils-ping nftables knot knot-dnsutils
 PYTEST_ARGS ?=
 
 .PHONY: run test install system-packages clean

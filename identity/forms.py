@@ -1,5 +1,7 @@
 from django import forms
 
+from identity.models import ApiToken
+
 
 class ClaimHandleForm(forms.Form):
     handle = forms.CharField(
@@ -10,12 +12,13 @@ class ClaimHandleForm(forms.Form):
     )
 
 
-class RenameForm(forms.Form):
-    name = forms.CharField(max_length=64)
-
-
 class CreateTokenForm(forms.Form):
     name = forms.CharField(max_length=64)
+    scope = forms.ChoiceField(
+        choices=ApiToken.Scope.choices,
+        initial=ApiToken.Scope.READ,
+        help_text="Read-only tokens can only read. No token can manage passkeys or tokens.",
+    )
     expires_at = forms.DateTimeField(
         required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"}), help_text="Optional, UTC."
     )

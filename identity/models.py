@@ -5,9 +5,12 @@ import uuid
 from django.conf import settings
 from django.contrib.auth.base_user import BaseUserManager
 from django.contrib.auth.models import AbstractBaseUser, PermissionsMixin
+from django.contrib.sessions.base_session import AbstractBaseSession
 from django.db import models
 from django.db.models.functions import Lower
 from django.utils import timezone
+
+from infrasim_site.steps import Step, StepStatus
 
 
 class UserManager(BaseUserManager):
@@ -103,7 +106,7 @@ class Identity(models.Model):
         return f"{settings.S3_BUCKET_PREFIX}{self.handle}"
 
 
-class ProvisioningStep(models.Model):
+class ProvisioningStep(Step):
     """One thing a handle provisions, with its own state, so a failed step is
     retried alone and a finished one is never redone."""
 
@@ -113,27 +116,21 @@ class ProvisioningStep(models.Model):
         S3 = "s3", "S3 bucket"
 
     class Status(models.TextChoices):
-        PENDING = "pending", "pending"
-        RUNNING = "running", "running"
-        RETRYING = "retrying", "retrying"
-        SUCCEEDED = "succeeded", "succeeded"
-        FAILED = "failed", "failed"
+        PENDING = StepStatus.PENDING
+        RUNNING = StepStatus.RUNNING
+        RETRYING = StepStatus.RETRYING
+        SUCCEEDED = StepStatus.SUCCEEDED
+        FAILED = StepStatus.FAILED
         NOT_CONFIGURED = "not_configured", "not configured"
         REMOVING = "removing", "removing"
         REMOVED = "removed", "removed"
 
-    # Statuses in which a worker still owes the step some work.
-    OPEN = (Status.PENDING, Status.RUNNING, Status.RETRYING, Status.REMOVING)
+    task_name = "identity.tasks.provision_step"
 
     identity = models.ForeignKey(Identity, on_delete=models.CASCADE, related_name="steps")
     kind = models.CharField(max_length=10, choices=Kind.choices)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
-    attempts = models.PositiveIntegerField(default=0)
-    last_error = models.TextField(blank=True)
     detail = models.CharField(max_length=300, blank=True, help_text="What the backend reported on success.")
-    next_attempt_at = models.DateTimeField(null=True, blank=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["kind"]
@@ -142,13 +139,26 @@ class ProvisioningStep(models.Model):
     def __str__(self) -> str:
         return f"{self.identity.handle}:{self.kind}={self.status}"
 
+    def max_attempts(self) -> int:
+        return settings.PROVISIONING_MAX_ATTEMPTS
+
+    def backoff_seconds(self) -> float:
+        return settings.PROVISIONING_BACKOFF_SECONDS
+
 
 class ApiToken(models.Model):
     """A personal API token. Only a SHA-256 of the secret is kept; the secret
-    itself is shown once, when the token is created."""
+    itself is shown once, when the token is created. Its scope covers
+    resources (handles, peers, appliances...), never credentials: passkeys and
+    tokens are managed only from a session signed in with a passkey."""
+
+    class Scope(models.TextChoices):
+        READ = "read", "read-only"
+        WRITE = "write", "read-write"
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
     name = models.CharField(max_length=64)
+    scope = models.CharField(max_length=8, choices=Scope.choices, default=Scope.READ)
     prefix = models.CharField(max_length=12, unique=True, help_text="Public part that identifies the token.")
     secret_hash = models.CharField(max_length=64)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -180,3 +190,22 @@ class OperatorEnrollment(models.Model):
 
     def __str__(self) -> str:
         return f"enrollment for {self.user}"
+
+
+class UserSession(AbstractBaseSession):
+    """A browser session, stored under a SHA-256 of its cookie value (a copy
+    of the database holds no usable session), with the account and the passkey
+    it was signed in with, so deleting a passkey ends its sessions and a user
+    can sign out everywhere else."""
+
+    session_key = models.CharField("session key", max_length=64, primary_key=True, help_text="SHA-256 of the cookie value.")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="sessions"
+    )
+    passkey_id = models.PositiveBigIntegerField(null=True, blank=True, db_index=True)
+
+    @classmethod
+    def get_session_store_class(cls):
+        from identity.sessions import SessionStore
+
+        return SessionStore

@@ -11,12 +11,11 @@ step redone after a worker died (acks_late) finishes without duplicates.
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import Q
 from django.utils import timezone
 
 from forensics import ledger
@@ -26,6 +25,8 @@ from identity.providers import provider_for
 from identity.providers.errors import PermanentProviderError, ProviderError, TransientProviderError
 from infrasim_site.errors import Conflict, InvalidInput
 from infrasim_site.events import publish_to_user
+from infrasim_site.queueing import enqueue_on_commit
+from infrasim_site.steps import Claim
 
 log = logging.getLogger(__name__)
 Step = ProvisioningStep.Status
@@ -157,34 +158,22 @@ def identity_start_provisioning(*, actor: User, requested_by: User | None = None
     # Pushed before the tasks are queued (on-commit callbacks run in order),
     # so "pending" never reaches a page after a worker's "provisioning".
     _push(identity)
-    if queued:
-        from identity.tasks import provision_step
-
-        transaction.on_commit(lambda: [provision_step.delay(pk) for pk in queued])
+    for pk in queued:
+        enqueue_on_commit(ProvisioningStep.task_name, (pk,))
     return identity
 
 
 def identity_provision_step(*, step_id: int) -> ProvisioningStep | None:
-    """Worker side of one step. Claims it, calls the backend, records the
-    outcome and schedules a retry for transient errors."""
-    now = timezone.now()
-    claimed = (
-        ProvisioningStep.objects.filter(pk=step_id, status__in=[Step.PENDING, Step.RETRYING])
-        .exclude(identity__status=Identity.Status.CANCELLING)
-        .update(status=Step.RUNNING, attempts=F("attempts") + 1, started_at=now, next_attempt_at=None)
-    )
+    """Worker side of one step. Claims it, calls the backend and records the
+    outcome; the step model schedules the retry of a transient error."""
+    claim = ProvisioningStep.claim(step_id, unless=Q(identity__status=Identity.Status.CANCELLING))
     step = ProvisioningStep.objects.select_related("identity__user").filter(pk=step_id).first()
-    if step is None or step.identity.status == Identity.Status.CANCELLING:
-        return step
-    if not claimed and step.status != Step.RUNNING:
-        return step  # already finished by an earlier delivery
-    # Status RUNNING without our claim: the worker that held it died and the
-    # broker redelivered the task (acks_late). The backends are idempotent,
-    # so the step is simply run again.
+    if step is None or claim is Claim.NOT_OURS:
+        return step  # gone, finished by an earlier delivery, or being cancelled
     identity = step.identity
     with transaction.atomic():
         Identity.objects.filter(pk=identity.pk, status=Identity.Status.PENDING).update(
-            status=Identity.Status.PROVISIONING, updated_at=now
+            status=Identity.Status.PROVISIONING, updated_at=timezone.now()
         )
         ledger.record(kind=f"identity.provisioning.{step.kind}.started", actor="system",
                       subject=f"identity:{identity.pk}", payload={"attempt": step.attempts})
@@ -192,47 +181,28 @@ def identity_provision_step(*, step_id: int) -> ProvisioningStep | None:
         _push(identity)
 
     provider = provider_for(step.kind)
-    retry_in = None
-    if provider is None:
-        outcome, detail, error = Step.NOT_CONFIGURED, "", ""
-    else:
-        try:
-            outcome, detail, error = Step.SUCCEEDED, provider.provision(identity)[:300], ""
-        except TransientProviderError as exc:
-            error = str(exc)
-            if step.attempts < settings.PROVISIONING_MAX_ATTEMPTS:
-                outcome, detail = Step.RETRYING, ""
-                retry_in = settings.PROVISIONING_BACKOFF_SECONDS * 2 ** (step.attempts - 1)
+    with transaction.atomic():
+        if provider is None:
+            step.settle(status=Step.NOT_CONFIGURED, detail="")
+        else:
+            try:
+                detail = provider.provision(identity)[:300]
+            except TransientProviderError as exc:
+                step.fail_or_retry(str(exc), detail="")
+            except PermanentProviderError as exc:
+                step.settle(status=Step.FAILED, error=str(exc), detail="")
+            except Exception as exc:  # an unexpected backend answer fails the step visibly, not the worker
+                log.exception("provisioning step %s crashed", step_id)
+                step.settle(status=Step.FAILED, error=f"unexpected error: {exc}", detail="")
             else:
-                outcome, detail = Step.FAILED, ""
-                error = f"{error} (gave up after {step.attempts} attempts)"
-        except PermanentProviderError as exc:
-            outcome, detail, error = Step.FAILED, "", str(exc)
-        except Exception as exc:  # an unexpected backend answer fails the step visibly, not the worker
-            log.exception("provisioning step %s crashed", step_id)
-            outcome, detail, error = Step.FAILED, "", f"unexpected error: {exc}"
-    return _finish_step(step, outcome=outcome, detail=detail, error=error, retry_in=retry_in)
-
-
-@transaction.atomic
-def _finish_step(step: ProvisioningStep, *, outcome: str, detail: str, error: str, retry_in: int | None):
-    now = timezone.now()
-    step.status, step.detail, step.last_error = outcome, detail, error[:2000]
-    step.next_attempt_at = now + timedelta(seconds=retry_in) if retry_in is not None else None
-    step.finished_at = None if retry_in is not None else now
-    step.save(update_fields=["status", "detail", "last_error", "next_attempt_at", "finished_at"])
-    identity = step.identity
-    ledger.record(
-        kind=f"identity.provisioning.{step.kind}.{outcome}",
-        actor="system",
-        subject=f"identity:{identity.pk}",
-        payload={"attempt": step.attempts, "detail": detail, "error": error[:500]},
-    )
-    if retry_in is not None:
-        from identity.tasks import provision_step
-
-        transaction.on_commit(lambda: provision_step.apply_async((step.pk,), countdown=retry_in))
-    _settle(identity)
+                step.settle(status=Step.SUCCEEDED, detail=detail)
+        ledger.record(
+            kind=f"identity.provisioning.{step.kind}.{step.status}",
+            actor="system",
+            subject=f"identity:{identity.pk}",
+            payload={"attempt": step.attempts, "detail": step.detail, "error": step.last_error[:500]},
+        )
+        _settle(identity)
     return step
 
 
@@ -272,9 +242,7 @@ def identity_cancel(*, actor: User, requested_by: User | None = None) -> Identit
         payload={"handle": identity.handle},
     )
     _push(identity)  # before the task is queued, as in identity_start_provisioning
-    from identity.tasks import deprovision_identity
-
-    transaction.on_commit(lambda: deprovision_identity.delay(identity.pk))
+    enqueue_on_commit("identity.tasks.deprovision_identity", (identity.pk,))
     return identity
 
 

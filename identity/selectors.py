@@ -1,7 +1,8 @@
 from django.db.models import QuerySet
 from django_otp_webauthn.models import WebAuthnCredential
 
-from identity.models import ApiToken, Identity, User
+from identity.models import ApiToken, Identity, User, UserSession
+from identity.sessions import stored_key
 
 
 def identity_for(user: User) -> Identity | None:
@@ -14,3 +15,12 @@ def passkeys_for(user: User) -> QuerySet[WebAuthnCredential]:
 
 def api_tokens_for(user: User) -> QuerySet[ApiToken]:
     return ApiToken.objects.filter(user=user).order_by("-created_at")
+
+
+def other_sessions_count(user: User, current_session_key: str | None) -> int:
+    from django.utils import timezone
+
+    sessions = UserSession.objects.filter(user=user, expire_date__gt=timezone.now())
+    if current_session_key:
+        sessions = sessions.exclude(session_key=stored_key(current_session_key))
+    return sessions.count()

@@ -12,26 +12,22 @@ import secrets
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.contrib.auth import login as django_login
 from django.db import IntegrityError, transaction
-from django.http import HttpRequest
 from django.utils import timezone
-from django_otp import login as otp_login
 from django_otp_webauthn import exceptions as webauthn_errors
 from django_otp_webauthn.models import WebAuthnCredential, WebAuthnUserHandle
 from django_otp_webauthn.utils import rewrite_exceptions
 from webauthn import base64url_to_bytes
 
 from forensics import ledger
-from identity.models import ApiToken, OperatorEnrollment, User
+from identity.models import ApiToken, OperatorEnrollment, User, UserSession
 from identity.passkeys import PasskeyHelper
+from identity.sessions import stored_key
 from infrasim_site.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from infrasim_site.text import clean_name
 
 log = logging.getLogger(__name__)
 
-_REGISTRATION_KEY = "infrasim.passkey_registration"
-_AUTHENTICATION_KEY = "infrasim.passkey_authentication"
-_BACKEND = "django_otp_webauthn.backends.WebAuthnBackend"
 
 DISPLAY_NAME_MAX = 64
 PASSKEY_NAME_MAX = 64
@@ -42,60 +38,45 @@ def _hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def _clean_text(value, *, field: str, max_length: int, required: bool = True) -> str:
-    if value is None:
-        value = ""
-    if not isinstance(value, str):
-        raise InvalidInput("Must be a string.", field=field, code="invalid_type")
-    value = " ".join(value.split())
-    if required and not value:
-        raise InvalidInput("This field is required.", field=field, code="required")
-    if len(value) > max_length:
-        raise InvalidInput(f"At most {max_length} characters.", field=field, code="too_long")
-    if any(not ch.isprintable() for ch in value):
-        raise InvalidInput("Control characters are not allowed.", field=field, code="invalid_characters")
-    return value
-
-
 # --- Passkey registration: sign-up, operator enrollment, adding a passkey -------
+#
+# A ceremony spans two requests. `*_begin` returns the options for the browser
+# and a `pending` dict; the view keeps `pending` in the session and hands it
+# back to `*_complete`, which verifies the browser's answer against it.
 
 
 def passkey_registration_begin(
-    *, request: HttpRequest, display_name: str | None = None, enrollment_token: str | None = None
-) -> dict:
-    """Return PublicKeyCredentialCreationOptionsJSON for whoever is asking:
-    an enrollment link enrolls the account it was issued for (even in a
-    browser signed in as somebody else), the signed-in user adds a passkey,
-    and anybody else signs up as a new account named `display_name`."""
+    *,
+    actor: User | None,
+    display_name: str | None = None,
+    enrollment_token: str | None = None,
+    previous: dict | None = None,
+) -> tuple[dict, dict]:
+    """Creation options for whoever is asking: an enrollment link enrolls the
+    account it was issued for (even in a browser signed in as somebody else),
+    a signed-in `actor` adds a passkey, and anybody else signs up as a new
+    account named `display_name`. A sign-up creates no account row yet: it
+    lives in `pending` until its passkey is verified."""
     if enrollment_token:
         user, purpose = _enrollment_user(enrollment_token), "enroll"
-    elif request.user.is_authenticated:
-        user, purpose = request.user, "add"
+    elif actor is not None:
+        user, purpose = actor, "add"
     else:
-        user, purpose = _signup_user(request, display_name), "signup"
-
-    helper = PasskeyHelper(request)
-    options, state = helper.register_begin(user=user)
-    request.session[_REGISTRATION_KEY] = {
-        "user_id": user.pk,
+        user, purpose = User(display_name=clean_name(display_name, field="display_name", max_length=DISPLAY_NAME_MAX)), "signup"
+    # Trying again in the same tab keeps the sign-up's user handle, so an
+    # authenticator replaces its half-made credential instead of adding one.
+    handle = previous.get("user_handle") if previous and previous.get("purpose") == "signup" else None
+    user_handle = bytes.fromhex(handle) if purpose == "signup" and handle else secrets.token_bytes(64)
+    options, state = PasskeyHelper(new_user_handle=user_handle).register_begin(user=user)
+    pending = {
         "purpose": purpose,
+        "user_id": user.pk,
+        "display_name": user.display_name if purpose == "signup" else None,
+        "user_handle": user_handle.hex() if purpose == "signup" else None,
         "enrollment_token_hash": _hash_secret(enrollment_token) if purpose == "enroll" else None,
         "state": state,
     }
-    return options
-
-
-def _signup_user(request: HttpRequest, display_name: str | None) -> User:
-    name = _clean_text(display_name, field="display_name", max_length=DISPLAY_NAME_MAX)
-    pending = request.session.get(_REGISTRATION_KEY) or {}
-    if pending.get("purpose") == "signup":
-        # Trying again in the same tab reuses the account it started.
-        user = User.objects.filter(pk=pending["user_id"], signup_state=User.SignupState.AWAITING_PASSKEY).first()
-        if user:
-            user.display_name = name
-            user.save(update_fields=["display_name"])
-            return user
-    return User.objects.create_user(display_name=name)
+    return options, pending
 
 
 def _enrollment_user(token: str) -> User:
@@ -114,28 +95,30 @@ def _enrollment_user(token: str) -> User:
 
 
 def passkey_registration_complete(
-    *, request: HttpRequest, credential: dict, passkey_name: str | None = None
-) -> WebAuthnCredential:
+    *, pending: dict | None, actor: User | None, credential: dict, passkey_name: str | None = None
+) -> tuple[WebAuthnCredential, bool]:
     """Verify the browser's RegistrationResponseJSON against the pending
-    ceremony, store the passkey and, for sign-up and enrollment, sign in."""
-    pending = request.session.pop(_REGISTRATION_KEY, None)
-    # Saved at once: a failed verification must not leave the challenge usable.
-    request.session.save()
+    ceremony and store the passkey (and, for a sign-up, the account). Returns
+    the passkey and whether the caller should sign its owner in (sign-up and
+    enrollment do; adding a passkey keeps the current session)."""
     if not pending:
         raise webauthn_errors.InvalidState()
     if not isinstance(credential, dict):
         raise InvalidInput("Expected the RegistrationResponseJSON object.", field="credential", code="invalid_type")
-    name = _clean_text(passkey_name, field="name", max_length=PASSKEY_NAME_MAX, required=False)
+    name = clean_name(passkey_name, field="name", max_length=PASSKEY_NAME_MAX, required=False)
     purpose = pending["purpose"]
-    if purpose == "add" and (not request.user.is_authenticated or request.user.pk != pending["user_id"]):
+    if purpose == "add" and (actor is None or actor.pk != pending["user_id"]):
         raise webauthn_errors.InvalidState()
 
     credential = _with_clean_extension_results(credential)
 
     with transaction.atomic():
-        user = User.objects.select_for_update().filter(pk=pending["user_id"], is_active=True).first()
-        if user is None:
-            raise webauthn_errors.InvalidState(detail="This sign-up expired. Please start again.")
+        if purpose == "signup":
+            user = _create_signed_up_user(pending)
+        else:
+            user = User.objects.select_for_update().filter(pk=pending["user_id"], is_active=True).first()
+            if user is None:
+                raise webauthn_errors.InvalidState(detail="This account is no longer active.")
         if purpose == "enroll":
             consumed = OperatorEnrollment.objects.filter(
                 token_hash=pending["enrollment_token_hash"], used_at__isnull=True, expires_at__gt=timezone.now()
@@ -145,7 +128,7 @@ def passkey_registration_complete(
         try:
             # A savepoint: on PostgreSQL a failed INSERT would poison the outer transaction.
             with transaction.atomic(), rewrite_exceptions(logger=log):
-                device = PasskeyHelper(request).register_complete(user=user, state=pending["state"], data=credential)
+                device = PasskeyHelper().register_complete(user=user, state=pending["state"], data=credential)
         except IntegrityError:
             # The credential id is unique: an authenticator (or a forger) sent
             # the id of a passkey that is already registered.
@@ -161,9 +144,20 @@ def passkey_registration_complete(
             subject=f"user:{user.pk}",
             payload={"passkey": device.pk, "aaguid": device.aaguid},
         )
-    if purpose != "add":
-        _sign_in(request, user, device)
-    return device
+        if purpose != "add":
+            _record_signin(user, device)
+    return device, purpose != "add"
+
+
+def _create_signed_up_user(pending: dict) -> User:
+    user = User.objects.create_user(display_name=pending["display_name"], signup_state=User.SignupState.ACTIVE)
+    try:
+        with transaction.atomic():
+            WebAuthnUserHandle.objects.create(user=user, handle_hex=pending["user_handle"])
+    except IntegrityError:
+        # The same sign-up completed in another request a moment ago.
+        raise webauthn_errors.InvalidState(detail="This sign-up was already completed. Sign in instead.") from None
+    return user
 
 
 def _with_clean_extension_results(credential: dict) -> dict:
@@ -180,18 +174,16 @@ def _with_clean_extension_results(credential: dict) -> dict:
 # --- Passkey sign-in ------------------------------------------------------------
 
 
-def passkey_authentication_begin(*, request: HttpRequest) -> dict:
-    """PublicKeyCredentialRequestOptionsJSON with an empty allowCredentials:
-    passkeys are discoverable, so the server names no account."""
-    options, state = PasskeyHelper(request).authenticate_begin(user=None, require_user_verification=True)
-    request.session[_AUTHENTICATION_KEY] = state
-    return options
+def passkey_authentication_begin() -> tuple[dict, dict]:
+    """PublicKeyCredentialRequestOptionsJSON with an empty allowCredentials
+    (passkeys are discoverable, so the server names no account), and the
+    state to keep until the answer arrives."""
+    return PasskeyHelper().authenticate_begin(user=None, require_user_verification=True)
 
 
-def passkey_authentication_complete(*, request: HttpRequest, credential: dict) -> User:
-    state = request.session.pop(_AUTHENTICATION_KEY, None)
-    # Saved at once, so that a replayed assertion finds no challenge to match.
-    request.session.save()
+def passkey_authentication_complete(*, state: dict | None, credential: dict) -> tuple[User, WebAuthnCredential]:
+    """Verify an AuthenticationResponseJSON; returns the account and the
+    passkey it proved, for the caller to sign in (or re-check) the session."""
     if not state:
         raise webauthn_errors.InvalidState()
     if not isinstance(credential, dict):
@@ -201,7 +193,7 @@ def passkey_authentication_complete(*, request: HttpRequest, credential: dict) -
         # py_webauthn decodes userHandle outside its own error handling.
         raise webauthn_errors.UnprocessableEntity(code="invalid_user_handle", detail="userHandle is not base64url.")
     with transaction.atomic(), rewrite_exceptions(logger=log):
-        device = PasskeyHelper(request).authenticate_complete(user=None, state=state, data=credential)
+        device = PasskeyHelper().authenticate_complete(user=None, state=state, data=credential)
         # The server named no credential, so the response must say whose it
         # is, and that must be the passkey's owner (WebAuthn §7.2 step 6).
         # Raised inside the transaction: the new sign count is not kept.
@@ -211,8 +203,8 @@ def passkey_authentication_complete(*, request: HttpRequest, credential: dict) -
         raise webauthn_errors.CredentialDisabled()
     if not user.is_active or user.signup_state != User.SignupState.ACTIVE:
         raise webauthn_errors.UserDisabled()
-    _sign_in(request, user, device)
-    return user
+    _record_signin(user, device)
+    return user, device
 
 
 def _decode_base64url(value) -> bytes | None:
@@ -234,15 +226,27 @@ def _check_user_handle(device: WebAuthnCredential, credential: dict) -> None:
         )
 
 
-def _sign_in(request: HttpRequest, user: User, device: WebAuthnCredential) -> None:
-    django_login(request, user, backend=_BACKEND)
-    otp_login(request, device)
-    # A fixed 24 h from sign-in: an absolute time, because a number of seconds
-    # would be counted again from every later write to the session.
-    request.session.set_expiry(timezone.now() + timedelta(seconds=settings.SESSION_COOKIE_AGE))
+def _record_signin(user: User, device: WebAuthnCredential) -> None:
     ledger.record(
         kind="identity.signin", actor=ledger.actor_label(user), subject=f"user:{user.pk}", payload={"passkey": device.pk}
     )
+
+
+# --- Sessions ---------------------------------------------------------------------
+
+
+@transaction.atomic
+def sessions_end_others(*, actor: User, keep_session_key: str | None) -> int:
+    """Sign the actor out everywhere but the session they are using."""
+    others = UserSession.objects.filter(user=actor)
+    if keep_session_key:
+        others = others.exclude(session_key=stored_key(keep_session_key))
+    ended, _ = others.delete()
+    ledger.record(
+        kind="identity.sessions.ended", actor=ledger.actor_label(actor), subject=f"user:{actor.pk}",
+        payload={"sessions": ended, "reason": "sign out everywhere else"},
+    )
+    return ended
 
 
 # --- Managing passkeys ------------------------------------------------------------
@@ -258,7 +262,7 @@ def _own_passkey(actor: User, passkey_id) -> WebAuthnCredential:
 @transaction.atomic
 def passkey_rename(*, actor: User, passkey_id: int, name: str) -> WebAuthnCredential:
     passkey = _own_passkey(actor, passkey_id)
-    passkey.name = _clean_text(name, field="name", max_length=PASSKEY_NAME_MAX)
+    passkey.name = clean_name(name, field="name", max_length=PASSKEY_NAME_MAX)
     passkey.save(update_fields=["name"])
     return passkey
 
@@ -272,11 +276,14 @@ def passkey_delete(*, actor: User, passkey_id: int) -> None:
     if WebAuthnCredential.objects.filter(user=actor).count() <= 1:
         raise Conflict("You cannot delete your last passkey: you would be locked out.", code="last_passkey")
     passkey.delete()
+    # Whoever signed in with this passkey is signed out: deleting a lost or
+    # stolen passkey must also end what it opened.
+    ended, _ = UserSession.objects.filter(user=actor, passkey_id=passkey_id).delete()
     ledger.record(
         kind="identity.passkey.deleted",
         actor=ledger.actor_label(actor),
         subject=f"user:{actor.pk}",
-        payload={"passkey": passkey_id},
+        payload={"passkey": passkey_id, "sessions_ended": ended},
     )
 
 
@@ -286,9 +293,13 @@ TOKEN_PREFIX = "isk_"
 
 
 @transaction.atomic
-def api_token_create(*, actor: User, name: str, expires_at: datetime | None = None) -> tuple[ApiToken, str]:
+def api_token_create(
+    *, actor: User, name: str, scope: str = ApiToken.Scope.READ, expires_at: datetime | None = None
+) -> tuple[ApiToken, str]:
     """Create a token and return it with its secret, which is never stored or shown again."""
-    name = _clean_text(name, field="name", max_length=TOKEN_NAME_MAX)
+    name = clean_name(name, field="name", max_length=TOKEN_NAME_MAX)
+    if scope not in ApiToken.Scope.values:
+        raise InvalidInput(f"Scope is one of: {', '.join(ApiToken.Scope.values)}.", field="scope", code="invalid_choice")
     if expires_at is not None and expires_at <= timezone.now():
         raise InvalidInput("The expiry must be in the future.", field="expires_at", code="in_past")
     if ApiToken.objects.filter(user=actor, name=name).exists():
@@ -298,13 +309,13 @@ def api_token_create(*, actor: User, name: str, expires_at: datetime | None = No
     prefix = secrets.token_hex(4)
     secret = f"{TOKEN_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
     token = ApiToken.objects.create(
-        user=actor, name=name, prefix=prefix, secret_hash=_hash_secret(secret), expires_at=expires_at
+        user=actor, name=name, scope=scope, prefix=prefix, secret_hash=_hash_secret(secret), expires_at=expires_at
     )
     ledger.record(
         kind="identity.token.created",
         actor=ledger.actor_label(actor),
         subject=f"api_token:{token.pk}",
-        payload={"name": name, "expires_at": expires_at.isoformat() if expires_at else None},
+        payload={"name": name, "scope": scope, "expires_at": expires_at.isoformat() if expires_at else None},
     )
     return token, secret
 
@@ -351,7 +362,7 @@ def api_token_authenticate(raw: str) -> ApiToken | None:
 def operator_create(*, display_name: str) -> tuple[User, str]:
     """Create a staff account with no passkey yet, and return the one-time
     enrollment link through which a person registers its first passkey."""
-    name = _clean_text(display_name, field="display_name", max_length=DISPLAY_NAME_MAX)
+    name = clean_name(display_name, field="display_name", max_length=DISPLAY_NAME_MAX)
     user = User.objects.create_user(display_name=name, is_staff=True, is_superuser=True)
     token = operator_enrollment_issue(user=user)
     ledger.record(kind="identity.operator.created", actor="system", subject=f"user:{user.pk}", payload={"name": name})

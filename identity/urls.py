@@ -10,6 +10,7 @@ urlpatterns = [
     path("passkeys/", views.passkeys, name="passkeys"),
     path("passkeys/<int:pk>/rename", views.passkey_rename, name="passkey-rename"),
     path("passkeys/<int:pk>/delete", views.passkey_delete, name="passkey-delete"),
+    path("sessions/end-others", views.sessions_end_others, name="sessions-end-others"),
     path("tokens/", views.tokens, name="tokens"),
     path("tokens/<int:pk>/revoke", views.token_revoke, name="token-revoke"),
     path("identity/card", views.identity_card, name="identity-card"),

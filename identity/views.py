@@ -2,6 +2,8 @@
 (static/identity/passkeys.js) against the JSON API; these views render pages
 and hand form posts to the same services the API uses."""
 
+from functools import wraps
+
 from django.contrib import messages
 from django.contrib.auth import logout
 from django.contrib.auth.decorators import login_required
@@ -12,8 +14,10 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from identity import provisioning, selectors, services
-from identity.forms import ClaimHandleForm, CreateTokenForm, RenameForm
+from identity.forms import ClaimHandleForm, CreateTokenForm
+from identity.sessions import PASSKEY_KEY, passkey_checked_recently, signed_in_with_passkey
 from infrasim_site.errors import ServiceError
+from infrasim_site.http import no_store
 
 
 def _next_url(request) -> str:
@@ -47,10 +51,45 @@ def signout(request):
     return redirect("identity:signin")
 
 
-@login_required
+def passkey_session_required(view):
+    """Credential pages: signed in, and with a passkey (not an enrollment or
+    forced login). The most sensitive posts check recency themselves."""
+
+    @login_required
+    @wraps(view)
+    def wrapped(request, *args, **kwargs):
+        if not signed_in_with_passkey(request.session):
+            logout(request)
+            return redirect(f"{reverse('identity:signin')}?next={request.path}")
+        return view(request, *args, **kwargs)
+
+    return wrapped
+
+
+def _recheck_first(request) -> bool:
+    """Sudo mode: True (and a message saying why) when the session's passkey
+    check is older than PASSKEY_RECHECK_SECONDS."""
+    if passkey_checked_recently(request.session):
+        return False
+    messages.warning(request, "Confirm with your passkey first: this needs a passkey check within the last 10 minutes.")
+    return True
+
+
+def _credential_page_context(request) -> dict:
+    return {"recently_checked": passkey_checked_recently(request.session)}
+
+
+@passkey_session_required
 def passkeys(request):
     return render(
-        request, "identity/passkeys.html", {"passkeys": selectors.passkeys_for(request.user), "rename_form": RenameForm()}
+        request,
+        "identity/passkeys.html",
+        {
+            "passkeys": selectors.passkeys_for(request.user),
+            "current_passkey": request.session.get(PASSKEY_KEY),
+            "other_sessions": selectors.other_sessions_count(request.user, request.session.session_key),
+            **_credential_page_context(request),
+        },
     )
 
 
@@ -64,46 +103,78 @@ def _run(request, action, *, success: str | None = None) -> None:
             messages.success(request, success)
 
 
-@login_required
+@passkey_session_required
 @require_POST
 def passkey_rename(request, pk: int):
-    form = RenameForm(request.POST)
-    name = form.data.get("name", "")
-    _run(request, lambda: services.passkey_rename(actor=request.user, passkey_id=pk, name=name), success="Renamed.")
+    name = request.POST.get("name", "")
+    _run(request, lambda: services.passkey_rename(actor=request.user, passkey_id=pk, name=name), success=f"Renamed to “{' '.join(name.split())}”.")
     return redirect("identity:passkeys")
 
 
-@login_required
+@passkey_session_required
 @require_POST
 def passkey_delete(request, pk: int):
-    _run(request, lambda: services.passkey_delete(actor=request.user, passkey_id=pk), success="Passkey deleted.")
+    if _recheck_first(request):
+        return redirect("identity:passkeys")
+    passkey = selectors.passkeys_for(request.user).filter(pk=pk).first()
+    label = f"“{passkey.name}”" if passkey else "The passkey"
+    _run(
+        request,
+        lambda: services.passkey_delete(actor=request.user, passkey_id=pk),
+        success=f"{label} was deleted, and every session signed in with it has ended.",
+    )
     return redirect("identity:passkeys")
 
 
-@login_required
+@passkey_session_required
+@require_POST
+def sessions_end_others(request):
+    ended = services.sessions_end_others(actor=request.user, keep_session_key=request.session.session_key)
+    messages.success(request, f"Signed out everywhere else ({ended} other session{'s' if ended != 1 else ''} ended).")
+    return redirect("identity:passkeys")
+
+
+@passkey_session_required
 def tokens(request):
-    created_secret = None
+    created = None
     form = CreateTokenForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
+    if request.method == "POST" and not _recheck_first(request) and form.is_valid():
         try:
-            token, created_secret = services.api_token_create(
-                actor=request.user, name=form.cleaned_data["name"], expires_at=form.cleaned_data["expires_at"]
+            token, secret = services.api_token_create(
+                actor=request.user,
+                name=form.cleaned_data["name"],
+                scope=form.cleaned_data["scope"],
+                expires_at=form.cleaned_data["expires_at"],
             )
         except ServiceError as exc:
             form.add_error(exc.field if exc.field in form.fields else None, exc.message)
         else:
+            created = {"token": token, "secret": secret}
             form = CreateTokenForm()
-    return render(
+    response = render(
         request,
         "identity/tokens.html",
-        {"tokens": selectors.api_tokens_for(request.user), "form": form, "created_secret": created_secret},
+        {
+            "tokens": selectors.api_tokens_for(request.user),
+            "form": form,
+            "created": created,
+            **_credential_page_context(request),
+        },
+        status=400 if form.errors else 200,
     )
+    return no_store(response) if created else response
 
 
-@login_required
+@passkey_session_required
 @require_POST
 def token_revoke(request, pk: int):
-    _run(request, lambda: services.api_token_revoke(actor=request.user, token_id=pk), success="Token revoked.")
+    token = selectors.api_tokens_for(request.user).filter(pk=pk).first()
+    label = f"“{token.name}” (isk_{token.prefix}…)" if token else "The token"
+    _run(
+        request,
+        lambda: services.api_token_revoke(actor=request.user, token_id=pk),
+        success=f"{label} was revoked: it no longer works.",
+    )
     return redirect("identity:tokens")
 
 

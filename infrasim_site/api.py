@@ -1,6 +1,8 @@
-"""Shared API plumbing: the exception handler that maps service errors onto
-DRF's standard JSON error bodies with the right 4xx status."""
+"""Shared API plumbing: the exception handler that maps service errors (and
+Django's refusals of oversized request bodies) onto DRF's standard JSON error
+bodies with the right 4xx status."""
 
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django_otp_webauthn.exceptions import OTPWebAuthnApiError
 from rest_framework import exceptions as drf_exceptions
@@ -8,6 +10,7 @@ from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from infrasim_site.errors import ServiceError
+from infrasim_site.parsers import RequestTooLarge
 
 
 class _ApiError(drf_exceptions.APIException):
@@ -22,6 +25,12 @@ def api_exception_handler(exc, context):
     elif isinstance(exc, DjangoValidationError):
         detail = exc.message_dict if hasattr(exc, "error_dict") else {"detail": exc.messages}
         exc = drf_exceptions.ValidationError(detail)
+    elif isinstance(exc, RequestDataTooBig):
+        exc = RequestTooLarge()
+    elif isinstance(exc, (TooManyFieldsSent, TooManyFilesSent)):
+        # Django's own refusals of oversized forms would otherwise reach the
+        # client as its HTML 400 page.
+        exc = drf_exceptions.ParseError(str(exc))
     elif isinstance(exc, OTPWebAuthnApiError):
         exc = _ApiError(exc.status_code, {"detail": str(exc.detail), "code": exc.code})
     return drf_exception_handler(exc, context)

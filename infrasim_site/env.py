@@ -130,3 +130,15 @@ def _is_ipv4(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def env_rates(name: str) -> dict[str, str]:
+    """scope=N/period pairs, comma-separated (period: sec, min, hour, day)."""
+    rates = {}
+    for item in env_list(name, []):
+        scope, sep, rate = item.partition("=")
+        count, slash, period = rate.strip().partition("/")
+        if not sep or not scope.strip() or not count.isdigit() or not slash or period[:1] not in {"s", "m", "h", "d"}:
+            raise ImproperlyConfigured(f"{name}: expected scope=N/period (e.g. signup=10/hour), got {item!r}")
+        rates[scope.strip()] = rate.strip()
+    return rates

@@ -39,6 +39,9 @@ def start_private_redis(workdir: str, *, port: int | None = None) -> tuple[str, 
         [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        # Out of the terminal's process group: Ctrl-C must not stop Redis
+        # before the processes that use it have shut down.
+        start_new_session=True,
     )
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + 10

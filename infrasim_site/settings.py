@@ -23,6 +23,7 @@ from infrasim_site.env import (
     env_int,
     env_list,
     env_origin,
+    env_rates,
     env_str,
     env_url,
 )
@@ -30,6 +31,9 @@ from infrasim_site.sealing import load_master_key
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("INFRASIM_VAR_DIR", str(BASE_DIR / "var")))
+# The database, keys and secrets live here: nobody else may list or read it.
+VAR_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+VAR_DIR.chmod(0o700)
 
 
 def _secret_key() -> str:
@@ -59,7 +63,11 @@ SECRET_KEY = _secret_key()
 BASE_DOMAIN = env_domain("BASE_DOMAIN", "localhost")
 MATRIX_DOMAIN = env_domain("MATRIX_DOMAIN", "matrix.localhost")
 WEBAUTHN_RP_ID = env_domain("WEBAUTHN_RP_ID", "localhost")
-WEBAUTHN_RP_ORIGIN = env_origin("WEBAUTHN_RP_ORIGIN", "http://localhost:8080")
+# Where `make run` listens. Without an explicit origin the browser opens
+# http://localhost:<port>, and every process (web, worker, manage.py) must
+# derive that same origin or passkey ceremonies fail on the origin check.
+INFRASIM_PORT = env_int("INFRASIM_PORT", 8080, minimum=1, maximum=65535)
+WEBAUTHN_RP_ORIGIN = env_origin("WEBAUTHN_RP_ORIGIN", f"http://localhost:{INFRASIM_PORT}")
 WEBAUTHN_RP_NAME = env_str("WEBAUTHN_RP_NAME", "InfraSim")
 WG_GATEWAY_ENDPOINT = env_host_port("WG_GATEWAY_ENDPOINT", "127.0.0.1:51820")
 # Bucket = prefix + handle; the prefix keeps InfraSim's buckets apart from
@@ -160,6 +168,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "django_filters",
     "django_htmx",
     "django_otp",
     "django_otp_webauthn",
@@ -174,6 +184,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "infrasim_site.middleware.ContentSecurityPolicyMiddleware",
+    "infrasim_site.middleware.ApiBodyLimitMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -217,6 +229,8 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Django's SQLite backend, creating the database file 0600.
+    DATABASES["default"]["ENGINE"] = "infrasim_site.sqlite3"
     # WAL lets the web process read while a worker writes; the busy timeout
     # turns short write contention into a wait instead of "database is locked".
     DATABASES["default"]["OPTIONS"] = {
@@ -292,8 +306,12 @@ SIGNUP_ABANDON_SECONDS = env_int("SIGNUP_ABANDON_SECONDS", 900, minimum=60)
 OPERATOR_ENROLLMENT_SECONDS = env_int("OPERATOR_ENROLLMENT_SECONDS", 86400, minimum=300)
 API_TOKEN_MAX_PER_USER = env_int("API_TOKEN_MAX_PER_USER", 50, minimum=1)
 
-# Sessions end 24 h after sign-in, whatever the activity.
+# Sessions end 24 h after sign-in, whatever the activity. They are stored
+# under a hash of their key, with the passkey they were signed in with.
+SESSION_ENGINE = "identity.sessions"
 SESSION_COOKIE_AGE = 24 * 3600
+# Adding or deleting a passkey and creating a token need a passkey check this recent.
+PASSKEY_RECHECK_SECONDS = env_int("PASSKEY_RECHECK_SECONDS", 600, minimum=30, maximum=86400)
 SESSION_SAVE_EVERY_REQUEST = False
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
@@ -309,17 +327,47 @@ REST_FRAMEWORK = {
         "identity.authentication.BearerTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PERMISSION_CLASSES": [
+        "rest_framework.permissions.IsAuthenticated",
+        "identity.permissions.TokenScope",
+    ],
+    "DEFAULT_THROTTLE_CLASSES": [
+        "infrasim_site.throttling.AnonymousThrottle",
+        "infrasim_site.throttling.AccountWriteThrottle",
+        "infrasim_site.throttling.ScopedThrottle",
+    ],
+    # The client address is REMOTE_ADDR, never a forgeable X-Forwarded-For.
+    "NUM_PROXIES": 0,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_RENDERER_CLASSES": [
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
+    # JSON bounded in size and depth: too large or too deep is a 400/413, not a RecursionError.
+    "DEFAULT_PARSER_CLASSES": [
+        "infrasim_site.parsers.BoundedJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
     ],
     "DEFAULT_PAGINATION_CLASS": "infrasim_site.api.Pagination",
     "PAGE_SIZE": 100,
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     "EXCEPTION_HANDLER": "infrasim_site.api.api_exception_handler",
 }
+# Requests per period, per client address and per account (429 + Retry-After).
+# THROTTLE_RATES="signup=5/min,login=20/min" overrides single scopes.
+THROTTLE_RATES = {
+    "anonymous": "120/min",
+    "account_write": "120/min",
+    "signup": "10/hour",
+    "login": "30/min",
+    "availability": "60/min",
+    "token_create": "20/hour",
+    "provisioning": "30/hour",
+    "mesh_write": "60/min",
+    **env_rates("THROTTLE_RATES"),
+}
+
 SPECTACULAR_SETTINGS = {
     "TITLE": "InfraSim API",
     "DESCRIPTION": "Passkey identity, WireGuard mesh, appliances, forensics and the weight swarm.",
@@ -327,6 +375,10 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
     "COMPONENT_SPLIT_REQUEST": True,
+    # Swagger UI and Redoc from the installed drf-spectacular-sidecar, not a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # --- Static files -----------------------------------------------------------------
@@ -342,9 +394,12 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
+if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+    raise ImproperlyConfigured(f"LOG_LEVEL: expected DEBUG, INFO, WARNING, ERROR or CRITICAL, got {LOG_LEVEL!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO").upper()},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
 }

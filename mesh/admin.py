@@ -3,7 +3,7 @@ from django.contrib import admin, messages
 
 from infrasim_site.errors import ServiceError
 from mesh import services
-from mesh.models import AddressLease, MeshNetwork, Peer
+from mesh.models import AddressLease, MeshNetwork, NetworkRule, Peer, PeerShare
 
 
 class MeshNetworkForm(forms.ModelForm):
@@ -13,13 +13,36 @@ class MeshNetworkForm(forms.ModelForm):
 
     def clean(self):
         cleaned = super().clean()
-        if self.instance.pk is None and cleaned.get("ipv4_cidr") and cleaned.get("ipv6_prefix"):
-            # The same rules the API applies (prefix shape, ULA, no overlap), as form errors.
-            try:
+        # The same rules the services apply, as form errors next to their field.
+        try:
+            if self.instance.pk is None and cleaned.get("ipv4_cidr") and cleaned.get("ipv6_prefix"):
                 services.validate_network_prefixes(ipv4_cidr=cleaned["ipv4_cidr"], ipv6_prefix=cleaned["ipv6_prefix"])
-            except ServiceError as exc:
-                self.add_error(exc.field if exc.field in self.fields else None, exc.message)
+            if self.instance.pk is not None:
+                services.validate_network_update(self.instance, self.changed_fields())
+        except ServiceError as exc:
+            self.add_error(exc.field if exc.field in self.fields else None, exc.message)
         return cleaned
+
+    def changed_fields(self) -> dict:
+        return {
+            name: self.cleaned_data[name]
+            for name in self.changed_data
+            if name in services.NETWORK_EDITABLE and name in self.cleaned_data
+        }
+
+
+class NetworkRuleInline(admin.TabularInline):
+    """Read here; added and removed through the rule admin, which goes through the services."""
+
+    model = NetworkRule
+    fields = ["source", "destination", "description", "created_by", "created_at"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = True
+
+    def has_add_permission(self, request, obj=None):
+        return False
 
 
 @admin.register(MeshNetwork)
@@ -34,19 +57,22 @@ class MeshNetworkAdmin(admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change):
         if change:
-            super().save_model(request, obj, form, change)
-            services.network_bump(obj)
+            services.network_update(actor=request.user, network_id=obj.pk, **form.changed_fields())
             return
         # New networks go through the service: overlap checks, a sealed gateway key.
         created = services.network_create(
             actor=request.user, name=obj.name, ipv4_cidr=obj.ipv4_cidr, ipv6_prefix=obj.ipv6_prefix,
             endpoint=obj.endpoint or None, listen_port=obj.listen_port, interface=obj.interface or None,
-            gateway_queue=obj.gateway_queue or None,
+            gateway_netns=obj.gateway_netns, gateway_queue=obj.gateway_queue or None,
         )
         obj.pk = created.pk
 
+    def get_inlines(self, request, obj):
+        return [NetworkRuleInline] if obj else []
+
     def get_fields(self, request, obj=None):
-        editable = ["name", "ipv4_cidr", "ipv6_prefix", "endpoint", "listen_port", "interface", "gateway_queue",
+        editable = ["name", "ipv4_cidr", "ipv6_prefix", "endpoint", "listen_port", "interface", "gateway_netns",
+                    "gateway_queue",
                     "default_keepalive", "peer_quota", "address_cooldown_seconds"]
         return editable + (self.readonly_fields if obj else [])
 
@@ -109,3 +135,64 @@ class AddressLeaseAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False  # reserve through the network's action or the service, which checks the pool
+
+
+class NetworkRuleForm(forms.ModelForm):
+    class Meta:
+        model = NetworkRule
+        fields = ["network", "source", "destination", "description"]
+
+    def clean(self):
+        cleaned = super().clean()
+        if cleaned.get("network"):
+            try:
+                services.validate_network_rule(
+                    cleaned["network"], source=cleaned.get("source", ""), destination=cleaned.get("destination", "")
+                )
+            except ServiceError as exc:
+                self.add_error(exc.field if exc.field in self.fields else None, exc.message)
+        return cleaned
+
+
+@admin.register(NetworkRule)
+class NetworkRuleAdmin(admin.ModelAdmin):
+    """Network-wide allowances beyond owners and shares. Rules are added and
+    removed, never edited: each change is one ledger entry."""
+
+    form = NetworkRuleForm
+    list_display = ["network", "source", "destination", "description", "created_by", "created_at"]
+    list_filter = ["network"]
+
+    def has_change_permission(self, request, obj=None):
+        return obj is None
+
+    def save_model(self, request, obj, form, change):
+        created = services.network_rule_create(
+            actor=request.user, network_id=obj.network_id, source=obj.source, destination=obj.destination,
+            description=obj.description,
+        )
+        obj.pk = created.pk
+
+    def delete_model(self, request, obj):
+        services.network_rule_delete(actor=request.user, rule_id=obj.pk)
+
+    def delete_queryset(self, request, queryset):
+        for rule in queryset:
+            services.network_rule_delete(actor=request.user, rule_id=rule.pk)
+
+
+@admin.register(PeerShare)
+class PeerShareAdmin(admin.ModelAdmin):
+    list_display = ["peer", "grantee", "created_by", "created_at"]
+    list_filter = ["peer__network"]
+    readonly_fields = ["peer", "grantee", "created_by", "created_at"]
+
+    def has_add_permission(self, request):
+        return False  # owners share their peers (API); the admin sees and withdraws
+
+    def delete_model(self, request, obj):
+        services.peer_share_delete(actor=request.user, peer_id=obj.peer_id, handle=obj.grantee.identity.handle)
+
+    def delete_queryset(self, request, queryset):
+        for share in queryset.select_related("grantee__identity"):
+            self.delete_model(request, share)

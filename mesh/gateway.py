@@ -1,9 +1,12 @@
-"""The gateway interface, driven with `wg`: apply a full config with
-`wg syncconf` (which changes only what differs, so other peers' sessions stay
-up) and read handshakes and transfer counters with `wg show dump`.
+"""The gateway interface, driven with `wg` and `nft`: apply a full config
+with `wg syncconf` (which changes only what differs, so other peers'
+sessions stay up), the isolation policy with `nft -f`, and read handshakes
+and transfer counters with `wg show dump`.
 
 `wg` reaches a wireguard-go interface through its UAPI socket under
-/var/run/wireguard, and a kernel interface through netlink.
+/var/run/wireguard, and a kernel interface through netlink. nftables rules
+belong to a network namespace, so when the interface lives in another
+namespace than this process (`netns`), both run under `ip netns exec`.
 """
 
 from __future__ import annotations
@@ -29,15 +32,20 @@ class PeerStats(NamedTuple):
     tx_bytes: int
 
 
-def _wg(*args: str, timeout: float = 30) -> str:
+PACKAGES = {"wg": "wireguard-tools", "nft": "nftables"}
+
+
+def _run(tool: str, *args: str, netns: str = "", input: str | None = None, timeout: float = 30) -> str:
+    command = ["ip", "netns", "exec", netns, tool, *args] if netns else [tool, *args]
     try:
-        result = subprocess.run(["wg", *args], capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run(command, capture_output=True, text=True, input=input, timeout=timeout)
     except FileNotFoundError:
-        raise GatewayError("`wg` is not installed (Debian: wireguard-tools)") from None
+        raise GatewayError(f"`{command[0]}` is not installed (Debian: {PACKAGES.get(command[0], 'iproute2')})") from None
     except subprocess.TimeoutExpired:
-        raise GatewayError(f"`wg {args[0]}` timed out") from None
+        raise GatewayError(f"`{tool} {args[0]}` timed out") from None
     if result.returncode != 0:
-        raise GatewayError(f"`wg {' '.join(args[:2])}` failed: {result.stderr.strip() or result.returncode}")
+        where = f" in netns {netns}" if netns else ""
+        raise GatewayError(f"`{tool} {' '.join(args[:2])}`{where} failed: {result.stderr.strip() or result.returncode}")
     return result.stdout
 
 
@@ -57,19 +65,24 @@ def exclusive(interface: str) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def apply(interface: str, config: str) -> None:
+def apply(interface: str, config: str, *, netns: str = "") -> None:
     # The config holds the gateway's private key: a private temp file, removed at once.
     fd, path = tempfile.mkstemp(prefix="infrasim-wg-", suffix=".conf")
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(config)
-        _wg("syncconf", interface, path)
+        _run("wg", "syncconf", interface, path, netns=netns)
     finally:
         os.unlink(path)
 
 
-def stats(interface: str) -> list[PeerStats]:
-    rows = _wg("show", interface, "dump").splitlines()[1:]  # the first line is the interface
+def apply_policy(ruleset: str, *, netns: str = "") -> None:
+    """Load an nft file (mesh.policy renders one that replaces its table atomically)."""
+    _run("nft", "-f", "-", netns=netns, input=ruleset)
+
+
+def stats(interface: str, *, netns: str = "") -> list[PeerStats]:
+    rows = _run("wg", "show", interface, "dump", netns=netns).splitlines()[1:]  # the first line is the interface
     result = []
     for row in rows:
         fields = row.split("\t")

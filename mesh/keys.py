@@ -52,8 +52,30 @@ def decode_key(text: str) -> bytes:
     return raw
 
 
+P = 2**255 - 19
+# The u-coordinates of the points of small order on Curve25519 (libsodium's
+# `has_small_order` list, RFC 7748 section 7): 0 and p-1 (orders 4 and 2), 1
+# (the identity), and the two points of order 8. Any key times one of them is
+# one of them, so a peer with such a "public key" shares a secret everybody
+# can compute.
+SMALL_ORDER_U = frozenset({
+    0,
+    1,
+    P - 1,
+    325606250916557431795983626356110631294008115727848805560023387167927233504,
+    39382357235489614581723060781553021112529911719440698176882885853963445705823,
+})
+
+
+def is_small_order(raw: bytes) -> bool:
+    # As X25519 reads a u-coordinate: the top bit ignored, then modulo p, so
+    # every encoding of these points (u + p, top bit set) is caught too.
+    u = int.from_bytes(raw, "little") & ((1 << 255) - 1)
+    return u % P in SMALL_ORDER_U
+
+
 def normalize_public_key(text: str) -> str:
     raw = decode_key(text.strip() if isinstance(text, str) else text)
-    if raw == bytes(KEY_BYTES):
-        raise InvalidKey("The all-zero key is not a public key.")
+    if is_small_order(raw):
+        raise InvalidKey("This is a low-order point of Curve25519, not a usable public key.")
     return base64.b64encode(raw).decode()

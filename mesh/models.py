@@ -4,6 +4,8 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from infrasim_site.visibility import OwnedQuerySet
+
 
 class MeshNetwork(models.Model):
     """A WireGuard mesh: one gateway interface that every peer dials, with an
@@ -15,6 +17,10 @@ class MeshNetwork(models.Model):
     endpoint = models.CharField(max_length=260, help_text="host:port that peers dial (WG_GATEWAY_ENDPOINT)")
     listen_port = models.PositiveIntegerField(default=51820)
     interface = models.CharField(max_length=15, help_text="the gateway's WireGuard interface name")
+    gateway_netns = models.CharField(
+        max_length=64, blank=True,
+        help_text="network namespace that holds the interface on the gateway host (blank: the host's own)",
+    )
     gateway_queue = models.CharField(max_length=60, default="mesh", help_text="Celery queue of the gateway host")
     gateway_public_key = models.CharField(max_length=44)
     gateway_private_key_sealed = models.TextField()
@@ -31,6 +37,10 @@ class MeshNetwork(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class PeerQuerySet(OwnedQuerySet):
+    pass
 
 
 class Peer(models.Model):
@@ -58,6 +68,8 @@ class Peer(models.Model):
     last_handshake_at = models.DateTimeField(null=True, blank=True)
     rx_bytes = models.PositiveBigIntegerField(default=0)
     tx_bytes = models.PositiveBigIntegerField(default=0)
+
+    objects = PeerQuerySet.as_manager()
 
     class Meta:
         ordering = ["created_at"]
@@ -92,3 +104,49 @@ class AddressLease(models.Model):
 
     def __str__(self) -> str:
         return f"{self.address} in {self.network}"
+
+
+class PeerShareQuerySet(OwnedQuerySet):
+    owner_field = "peer__owner"
+
+
+class PeerShare(models.Model):
+    """The owner lets another user's peers reach this peer (replies flow
+    back; the shared peer cannot open connections to them)."""
+
+    peer = models.ForeignKey(Peer, on_delete=models.CASCADE, related_name="shares")
+    grantee = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="mesh_shares_received")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = PeerShareQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["created_at"]
+        constraints = [models.UniqueConstraint(fields=["peer", "grantee"], name="peer_share_unique_grantee")]
+
+    def __str__(self) -> str:
+        return f"{self.peer} -> user {self.grantee_id}"
+
+
+class NetworkRule(models.Model):
+    """An operator's allowance on a network: traffic from `source` to
+    `destination` (prefixes inside the network; blank is the whole network,
+    both blank lets every peer reach every other)."""
+
+    network = models.ForeignKey(MeshNetwork, on_delete=models.CASCADE, related_name="rules")
+    source = models.CharField(max_length=43, blank=True, help_text="a prefix such as 100.96.0.2/32; blank: any peer")
+    destination = models.CharField(max_length=43, blank=True, help_text="a prefix; blank: any peer")
+    description = models.CharField(max_length=120, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["pk"]
+
+    def __str__(self) -> str:
+        return f"{self.source or 'any'} -> {self.destination or 'any'} in {self.network}"

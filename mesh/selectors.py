@@ -1,15 +1,21 @@
 from django.db.models import QuerySet
 
 from identity.models import User
-from mesh.models import MeshNetwork, Peer
+from mesh.filters import PeerFilterSet
+from mesh.models import MeshNetwork, NetworkRule, Peer
 
 
-def peers_for(user: User, *, include_ended: bool = False) -> QuerySet[Peer]:
-    scope = Peer.objects.all() if user.is_staff else Peer.objects.filter(owner=user)
-    if not include_ended:
-        scope = scope.filter(status=Peer.Status.ACTIVE)
-    return scope.select_related("network").order_by("created_at")
+def peers_for(user: User, params=None, *, own_only: bool = False) -> QuerySet[Peer]:
+    """The peers `user` may see, filtered by `params` (PeerFilterSet's query
+    parameters); `own_only` keeps an operator's console card to their own."""
+    scope = Peer.objects.owned_by(user) if own_only else Peer.objects.visible_to(user)
+    filterset = PeerFilterSet(params or {}, queryset=scope)
+    return filterset.qs
 
 
 def networks() -> QuerySet[MeshNetwork]:
     return MeshNetwork.objects.order_by("name")
+
+
+def network_rules(network_id: int) -> QuerySet[NetworkRule]:
+    return NetworkRule.objects.filter(network_id=network_id).order_by("pk")

@@ -1,9 +1,10 @@
 """Mesh: networks, peers, keys and keeping the gateway in sync.
 
-Every change that alters what the gateway must hold bumps the network's
-generation and, once committed, queues a sync on the gateway host's queue.
-The sync renders the whole interface from the database and applies it with
-`wg syncconf`, so it is idempotent and also repairs drift when run
+Every change that alters what the gateway must hold (peers, keys, shares,
+network rules) bumps the network's generation and, once committed, queues a
+sync on the gateway host's queue. The sync renders the whole interface and
+its isolation policy from the database and applies them with `wg syncconf`
+and `nft -f`, so it is idempotent and also repairs drift when run
 periodically.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 from datetime import datetime
 
 from django.conf import settings
@@ -20,17 +22,21 @@ from django.db.models import F
 from django.utils import timezone
 
 from forensics import ledger
-from identity.models import User
+from identity.handles import normalize as normalize_handle
+from identity.models import Identity, User
 from infrasim_site.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from infrasim_site.events import publish_to_user
+from infrasim_site.queueing import enqueue_on_commit
 from infrasim_site.sealing import seal, unseal
-from mesh import gateway, ipam, keys, wgconf
-from mesh.models import AddressLease, MeshNetwork, Peer
+from infrasim_site.text import clean_name
+from mesh import gateway, ipam, keys, policy, wgconf
+from mesh.models import AddressLease, MeshNetwork, NetworkRule, Peer, PeerShare
 
 log = logging.getLogger(__name__)
 
 MAX_KEEPALIVE = 3600
 PEER_NAME_MAX = 64
+NETNS_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 # --- Networks -------------------------------------------------------------------------
@@ -63,6 +69,27 @@ def validate_network_prefixes(*, ipv4_cidr: str, ipv6_prefix: str, exclude_pk: i
     return v4, v6
 
 
+def _require_operator(actor: User | None, what: str) -> None:
+    # actor None is the system itself (migrations, management commands).
+    if actor is not None and not actor.is_staff:
+        raise PermissionDenied(f"Only operators {what}.")
+
+
+def _clean_interface(value) -> str:
+    if not isinstance(value, str) or not policy.SAFE_NAME.fullmatch(value):
+        raise InvalidInput("A Linux interface name: 1-15 of A-Z a-z 0-9 _ = + . -", field="interface", code="invalid")
+    return value
+
+
+def _clean_netns(value) -> str:
+    if value in (None, ""):
+        return ""
+    if not isinstance(value, str) or not NETNS_NAME.fullmatch(value) or value in {".", ".."}:
+        raise InvalidInput("A network namespace name (ip netns), or blank for the host's own.",
+                           field="gateway_netns", code="invalid")
+    return value
+
+
 @transaction.atomic
 def network_create(
     *,
@@ -73,10 +100,10 @@ def network_create(
     endpoint: str | None = None,
     listen_port: int | None = None,
     interface: str | None = None,
+    gateway_netns: str = "",
     gateway_queue: str | None = None,
 ) -> MeshNetwork:
-    if actor is not None and not actor.is_staff:
-        raise PermissionDenied("Only operators manage networks.")
+    _require_operator(actor, "manage networks")
     v4, v6 = validate_network_prefixes(ipv4_cidr=ipv4_cidr, ipv6_prefix=ipv6_prefix)
     host, port = settings.WG_GATEWAY_ENDPOINT
     private_key, public_key = keys.generate_keypair()
@@ -86,7 +113,8 @@ def network_create(
         ipv6_prefix=str(v6),
         endpoint=endpoint or f"{host}:{port}",
         listen_port=listen_port or port,
-        interface=interface or settings.WG_GATEWAY_INTERFACE,
+        interface=_clean_interface(interface or settings.WG_GATEWAY_INTERFACE),
+        gateway_netns=_clean_netns(gateway_netns),
         gateway_queue=gateway_queue or settings.WG_GATEWAY_QUEUE,
         gateway_public_key=public_key,
         gateway_private_key_sealed=seal(private_key.encode()),
@@ -106,9 +134,14 @@ def network_create(
     return network
 
 
-def default_network() -> MeshNetwork:
-    """The network named in settings, created on first use."""
-    network = MeshNetwork.objects.filter(name=settings.MESH_DEFAULT_NETWORK).first()
+def default_network() -> MeshNetwork | None:
+    """The network named in settings, if it exists yet. Reads never create it."""
+    return MeshNetwork.objects.filter(name=settings.MESH_DEFAULT_NETWORK).first()
+
+
+def network_ensure_default() -> MeshNetwork:
+    """The network named in settings, created by the first write that needs it."""
+    network = default_network()
     if network is not None:
         return network
     try:
@@ -127,15 +160,129 @@ def default_network() -> MeshNetwork:
 def network_bump(network: MeshNetwork) -> None:
     """Record that the gateway config changed, and sync it after commit."""
     MeshNetwork.objects.filter(pk=network.pk).update(generation=F("generation") + 1)
-    from mesh.tasks import sync_gateway
+    enqueue_on_commit("mesh.tasks.sync_gateway", (network.pk,), queue=network.gateway_queue)
 
-    queue = network.gateway_queue
-    transaction.on_commit(lambda: sync_gateway.apply_async((network.pk,), queue=queue))
+
+NETWORK_EDITABLE = {
+    "name", "endpoint", "listen_port", "interface", "gateway_netns", "gateway_queue", "default_keepalive",
+    "peer_quota", "address_cooldown_seconds",
+}
+
+
+def validate_network_update(network: MeshNetwork, fields: dict) -> dict:
+    """The cleaned fields, or InvalidInput naming the first bad one (the admin form shows it)."""
+    fields = dict(fields)
+    if "interface" in fields:
+        fields["interface"] = _clean_interface(fields["interface"])
+    if "gateway_netns" in fields:
+        fields["gateway_netns"] = _clean_netns(fields["gateway_netns"])
+    if "default_keepalive" in fields:
+        fields["default_keepalive"] = _clean_keepalive(fields["default_keepalive"], network.default_keepalive)
+    if "listen_port" in fields and not (
+        isinstance(fields["listen_port"], int) and 1 <= fields["listen_port"] <= 65535
+    ):
+        raise InvalidInput("A UDP port, 1 to 65535.", field="listen_port", code="out_of_range")
+    if "name" in fields and MeshNetwork.objects.filter(name=fields["name"]).exclude(pk=network.pk).exists():
+        raise Conflict(f"Another network is named '{fields['name']}'.", field="name", code="duplicate_name")
+    return fields
+
+
+@transaction.atomic
+def network_update(*, actor: User | None, network_id: int, **fields) -> MeshNetwork:
+    """Change a network's settings. The pools are not among them: peers hold
+    addresses from them."""
+    _require_operator(actor, "manage networks")
+    unknown = set(fields) - NETWORK_EDITABLE
+    if unknown:
+        field = sorted(unknown)[0]
+        raise InvalidInput(f"'{field}' cannot be changed here.", field=field, code="not_editable")
+    network = MeshNetwork.objects.select_for_update().filter(pk=network_id).first()
+    if network is None:
+        raise NotFound("No such network.", field="network")
+    fields = validate_network_update(network, fields)
+    changes = {
+        field: [getattr(network, field), value] for field, value in fields.items() if getattr(network, field) != value
+    }
+    if not changes:
+        return network
+    for field, (_, value) in changes.items():
+        setattr(network, field, value)
+    network.full_clean()
+    network.save(update_fields=list(changes))
+    ledger.record(
+        kind="mesh.network.updated", actor=ledger.actor_label(actor), subject=f"mesh_network:{network.pk}",
+        payload={"changes": changes},
+    )
+    network_bump(network)
+    return network
+
+
+def _rule_prefix(value, network: MeshNetwork, *, field: str) -> str:
+    if value in (None, ""):
+        return ""
+    try:
+        prefix = ipaddress.ip_network(value, strict=False)
+    except (ValueError, TypeError):
+        raise InvalidInput(f"'{value}' is not an IP prefix.", field=field, code="invalid") from None
+    if not prefix.subnet_of(ipam.pool(network, prefix.version)):
+        raise InvalidInput(
+            f"{prefix} is outside the network ({network.ipv4_cidr}, {network.ipv6_prefix}).",
+            field=field, code="outside_network",
+        )
+    return str(prefix)
+
+
+def validate_network_rule(network: MeshNetwork, *, source, destination) -> tuple[str, str]:
+    """Both ends as normalised prefixes ('' for any), or InvalidInput naming the bad one."""
+    source = _rule_prefix(source, network, field="source")
+    destination = _rule_prefix(destination, network, field="destination")
+    if source and destination and ipaddress.ip_network(source).version != ipaddress.ip_network(destination).version:
+        raise InvalidInput("Source and destination must be of one IP version.", field="destination", code="wrong_family")
+    return source, destination
+
+
+@transaction.atomic
+def network_rule_create(
+    *, actor: User | None, network_id: int, source: str = "", destination: str = "", description: str = ""
+) -> NetworkRule:
+    """Allow traffic between peers of a network beyond what owners and
+    shares allow; both ends blank lets every peer reach every other."""
+    _require_operator(actor, "set network rules")
+    network = MeshNetwork.objects.filter(pk=network_id).first()
+    if network is None:
+        raise NotFound("No such network.", field="network")
+    source, destination = validate_network_rule(network, source=source, destination=destination)
+    description = clean_name(description, field="description", max_length=120, required=False)
+    rule = NetworkRule(network=network, source=source, destination=destination, description=description,
+                       created_by=actor)
+    rule.full_clean()
+    rule.save()
+    ledger.record(
+        kind="mesh.network.rule_added", actor=ledger.actor_label(actor), subject=f"mesh_network:{network.pk}",
+        payload={"rule": rule.pk, "source": source or "any", "destination": destination or "any"},
+    )
+    network_bump(network)
+    return rule
+
+
+@transaction.atomic
+def network_rule_delete(*, actor: User | None, rule_id: int) -> None:
+    _require_operator(actor, "set network rules")
+    rule = NetworkRule.objects.select_related("network").filter(pk=rule_id).first()
+    if rule is None:
+        raise NotFound("No such rule.", field="rule")
+    ledger.record(
+        kind="mesh.network.rule_removed", actor=ledger.actor_label(actor), subject=f"mesh_network:{rule.network_id}",
+        payload={"rule": rule.pk, "source": rule.source or "any", "destination": rule.destination or "any"},
+    )
+    rule.delete()
+    network_bump(rule.network)
 
 
 @transaction.atomic
 def network_rotate_gateway_key(*, actor: User, network_id: int) -> MeshNetwork:
     """New gateway key pair. Every peer must then fetch its config again."""
+    _require_operator(actor, "rotate gateway keys")
     network = MeshNetwork.objects.select_for_update().get(pk=network_id)
     private_key, public_key = keys.generate_keypair()
     network.gateway_public_key = public_key
@@ -173,15 +320,6 @@ def address_reserve(*, actor: User, network_id: int, address: str, note: str = "
 
 
 # --- Peers ------------------------------------------------------------------------------
-
-
-def _clean_name(name) -> str:
-    if not isinstance(name, str) or not name.strip():
-        raise InvalidInput("A peer needs a name.", field="name", code="required")
-    name = " ".join(name.split())
-    if len(name) > PEER_NAME_MAX:
-        raise InvalidInput(f"At most {PEER_NAME_MAX} characters.", field="name", code="too_long")
-    return name
 
 
 def _clean_public_key(public_key) -> str:
@@ -265,8 +403,8 @@ def peer_create(
     network: MeshNetwork | None = None,
 ) -> CreatedPeer:
     now = timezone.now()
-    network = network or default_network()
-    name = _clean_name(name)
+    network = network or network_ensure_default()
+    name = clean_name(name, field="name", max_length=PEER_NAME_MAX)
     public, private = _key_or_generate(public_key, generate_key)
     keepalive = _clean_keepalive(keepalive, network.default_keepalive)
     allowed = _clean_allowed_ips(allowed_ips, network)
@@ -304,16 +442,14 @@ def peer_create(
     )
     network_bump(network)
     if expires_at:
-        from mesh.tasks import expire_peer
-
         # Expire at the exact moment; the periodic sweep is the safety net.
-        transaction.on_commit(lambda: expire_peer.apply_async((peer.pk,), eta=expires_at, queue=network.gateway_queue))
+        enqueue_on_commit("mesh.tasks.expire_peer", (peer.pk,), eta=expires_at, queue=network.gateway_queue)
     _push(peer)
     return CreatedPeer(peer, private, psk)
 
 
 def _own_peer(actor: User, peer_id, *, lock: bool = False) -> Peer:
-    scope = Peer.objects.all() if actor.is_staff else Peer.objects.filter(owner=actor)
+    scope = Peer.objects.visible_to(actor)
     if lock:
         scope = scope.select_for_update()
     peer = scope.select_related("network").filter(pk=peer_id).first()
@@ -415,6 +551,56 @@ def render_peer_config(peer: Peer, *, private_key: str | None) -> str:
     )
 
 
+# --- Shares ------------------------------------------------------------------------------
+
+
+def _grantee(handle) -> User:
+    if not isinstance(handle, str) or not handle.strip():
+        raise InvalidInput("The handle of the person to share with.", field="handle", code="required")
+    identity = Identity.objects.select_related("user").filter(handle__iexact=normalize_handle(handle)).first()
+    if identity is None:
+        raise NotFound(f"Nobody has the handle '{handle.strip()}'.", field="handle")
+    return identity.user
+
+
+def peer_shares(*, actor: User, peer_id: int):
+    return PeerShare.objects.filter(peer=_own_peer(actor, peer_id)).select_related("grantee__identity")
+
+
+@transaction.atomic
+def peer_share_create(*, actor: User, peer_id: int, handle: str) -> PeerShare:
+    """Let the peers of the user with `handle` reach this peer."""
+    peer = _own_peer(actor, peer_id, lock=True)
+    grantee = _grantee(handle)
+    if grantee.pk == peer.owner_id:
+        raise InvalidInput("The owner's own peers reach this peer already.", field="handle", code="owner")
+    if peer.status != Peer.Status.ACTIVE:
+        raise Conflict(f"This peer is {peer.status}.", field="peer", code=peer.status)
+    if PeerShare.objects.filter(peer=peer, grantee=grantee).exists():
+        raise Conflict(f"Already shared with {grantee.identity.handle}.", field="handle", code="already_shared")
+    share = PeerShare.objects.create(peer=peer, grantee=grantee, created_by=actor)
+    ledger.record(
+        kind="mesh.peer.shared", actor=ledger.actor_label(actor), subject=f"mesh_peer:{peer.pk}",
+        payload={"grantee": grantee.pk, "handle": grantee.identity.handle},
+    )
+    network_bump(peer.network)
+    return share
+
+
+@transaction.atomic
+def peer_share_delete(*, actor: User, peer_id: int, handle: str) -> None:
+    peer = _own_peer(actor, peer_id, lock=True)
+    grantee = _grantee(handle)
+    deleted, _ = PeerShare.objects.filter(peer=peer, grantee=grantee).delete()
+    if not deleted:
+        raise NotFound(f"This peer is not shared with {grantee.identity.handle}.", field="handle")
+    ledger.record(
+        kind="mesh.peer.unshared", actor=ledger.actor_label(actor), subject=f"mesh_peer:{peer.pk}",
+        payload={"grantee": grantee.pk, "handle": grantee.identity.handle},
+    )
+    network_bump(peer.network)
+
+
 def _push(peer: Peer) -> None:
     publish_to_user(peer.owner_id, kind="mesh.peer.changed", data={"id": peer.pk, "status": peer.status})
 
@@ -435,12 +621,55 @@ def render_gateway_config(network: MeshNetwork) -> str:
     )
 
 
+def render_gateway_policy(network: MeshNetwork) -> str:
+    """The nft table that isolates the network's owners from each other."""
+    peers = list(
+        Peer.objects.filter(network=network, status=Peer.Status.ACTIVE).order_by("pk").values_list(
+            "pk", "owner_id", "ipv4", "ipv6"
+        )
+    )
+    sources: dict[int, list[str]] = {}
+    reachable: dict[int, list[str]] = {}
+    by_pk = {}
+    for pk, owner, v4, v6 in peers:
+        sources.setdefault(owner, []).extend((v4, v6))
+        reachable.setdefault(owner, []).extend((v4, v6))
+        by_pk[pk] = (v4, v6)
+    shares = PeerShare.objects.filter(peer__network=network, peer__status=Peer.Status.ACTIVE).order_by("pk")
+    for peer_id, grantee in shares.values_list("peer_id", "grantee_id"):
+        if grantee in sources:  # a grantee without peers here has nothing to send from
+            reachable[grantee].extend(by_pk[peer_id])
+    rules = [
+        policy.Rule(source or None, destination or None)
+        for source, destination in network.rules.order_by("pk").values_list("source", "destination")
+    ]
+    return policy.ruleset(
+        interface=network.interface,
+        reach=(policy.Reach(owner, sources[owner], reachable[owner]) for owner in sources),
+        rules=rules,
+    )
+
+
+def gateway_config_read(*, actor: User, network_id: int) -> str:
+    """The gateway's full config, private key included; every read is recorded."""
+    _require_operator(actor, "read the gateway config")
+    network = MeshNetwork.objects.filter(pk=network_id).first()
+    if network is None:
+        raise NotFound("No such network.", field="network")
+    ledger.record(
+        kind="mesh.gateway.config_read", actor=ledger.actor_label(actor), subject=f"mesh_network:{network.pk}",
+        payload={},
+    )
+    return render_gateway_config(network)
+
+
 def gateway_sync(*, network_id: int, force: bool = False) -> MeshNetwork | None:
-    """Apply the database's view of the network to the gateway interface.
-    Safe to run at any time and any number of times. A sync that finds the
-    current generation already applied returns at once (a burst of changes
-    costs one `wg syncconf`, not one per change); `force` re-applies anyway,
-    which is how the periodic run repairs drift made outside InfraSim."""
+    """Apply the database's view of the network to the gateway interface and
+    its nft policy. Safe to run at any time and any number of times. A sync
+    that finds the current generation already applied returns at once (a
+    burst of changes costs one apply, not one per change); `force`
+    re-applies anyway, which is how the periodic run repairs drift made
+    outside InfraSim (peers or nft rules changed by hand)."""
     network = MeshNetwork.objects.filter(pk=network_id).first()
     if network is None:
         return None
@@ -454,8 +683,14 @@ def gateway_sync(*, network_id: int, force: bool = False) -> MeshNetwork | None:
         if not force and network.applied_generation >= generation and not network.last_sync_error:
             return network
         config = render_gateway_config(network)
+        ruleset = render_gateway_policy(network)
         try:
-            gateway.apply(network.interface, config)
+            # `wg syncconf` first: it is what fails when the interface does
+            # not exist, so no policy table is left for an absent gateway. A
+            # peer that `wg` admits before its rules land is not let through:
+            # the table drops what it does not allow.
+            gateway.apply(network.interface, config, netns=network.gateway_netns)
+            gateway.apply_policy(ruleset, netns=network.gateway_netns)
         except gateway.GatewayError as exc:
             MeshNetwork.objects.filter(pk=network.pk).update(last_sync_error=str(exc)[:2000])
             log.warning("gateway sync of %s failed: %s", network.name, exc)
@@ -473,7 +708,7 @@ def gateway_collect_stats(*, network_id: int) -> int:
     network = MeshNetwork.objects.filter(pk=network_id).first()
     if network is None:
         return 0
-    by_key = {s.public_key: s for s in gateway.stats(network.interface)}
+    by_key = {s.public_key: s for s in gateway.stats(network.interface, netns=network.gateway_netns)}
     updated = 0
     for peer in Peer.objects.filter(network=network, status=Peer.Status.ACTIVE, public_key__in=list(by_key)):
         stat = by_key[peer.public_key]
@@ -483,3 +718,12 @@ def gateway_collect_stats(*, network_id: int) -> int:
             )
             updated += 1
     return updated
+
+
+def gateway_remove_policy(*, network_id: int) -> None:
+    """Drop the network's nft table (its gateway interface is going away)."""
+    network = MeshNetwork.objects.filter(pk=network_id).first()
+    if network is None:
+        return
+    with gateway.exclusive(network.interface):
+        gateway.apply_policy(policy.removal(network.interface), netns=network.gateway_netns)

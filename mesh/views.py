@@ -6,13 +6,14 @@ from infrasim_site.errors import ServiceError
 from mesh import selectors, services
 
 
-def card_context(user) -> dict:
-    return {"peers": selectors.peers_for(user).filter(owner=user), "network": selectors.networks().first()}
+def card_context(user, params=None) -> dict:
+    # The card lists the user's own peers, also for operators (the admin shows everybody's).
+    return {"peers": selectors.peers_for(user, params, own_only=True), "network": selectors.networks().first()}
 
 
 @login_required
 def mesh_card(request):
-    return render(request, "mesh/_mesh_card.html", card_context(request.user))
+    return render(request, "mesh/_mesh_card.html", card_context(request.user, request.GET))
 
 
 @login_required

@@ -13,7 +13,7 @@ from django.conf import settings
 from tests.bootstrap import LIVE_SERVER_PORT
 
 # Session fixtures for the real provisioning servers: knot, synapse, s3.
-pytest_plugins = ["tests.servers"]
+pytest_plugins = ["tests.servers", "tests.people"]
 
 
 class LiveServer:

@@ -113,8 +113,11 @@ class PasskeySerializer(serializers.ModelSerializer):
 class ApiTokenSerializer(serializers.ModelSerializer):
     class Meta:
         model = ApiToken
-        fields = ["id", "name", "prefix", "created_at", "expires_at", "revoked_at", "last_used_at"]
+        fields = ["id", "name", "scope", "prefix", "created_at", "expires_at", "revoked_at", "last_used_at"]
         read_only_fields = ["id", "prefix", "created_at", "revoked_at", "last_used_at"]
+        extra_kwargs = {
+            "scope": {"help_text": "read: safe methods only; write: also changes to resources. No scope covers credentials."}
+        }
 
 
 class ApiTokenCreated(ApiTokenSerializer):

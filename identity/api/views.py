@@ -5,6 +5,7 @@ from django.contrib.auth import logout
 from django_otp_webauthn.models import WebAuthnCredential
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import exceptions as drf_exceptions
 from rest_framework import mixins, permissions, status, viewsets
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -12,7 +13,10 @@ from rest_framework.views import APIView
 from identity import provisioning, selectors, services
 from identity.api import serializers as s
 from identity.models import ApiToken
+from identity.permissions import NoTokens, PasskeySession, RecheckRequired
+from identity.sessions import passkey_checked_recently, signed_in_with_passkey, start_session, take
 from infrasim_site.api import Pagination
+from infrasim_site.http import no_store
 
 
 def _validated(serializer_class, request):
@@ -34,48 +38,88 @@ def me_payload(user) -> dict:
     }
 
 
+REGISTRATION_KEY = "infrasim.passkey_registration"
+AUTHENTICATION_KEY = "infrasim.passkey_authentication"
+
+
+def _session_actor(request):
+    """The signed-in account for adding a passkey: only a session that was
+    signed in with a passkey and checked it recently may add another."""
+    if not request.user.is_authenticated:
+        return None
+    if not signed_in_with_passkey(request.session):
+        raise drf_exceptions.PermissionDenied("Sign in with a passkey to add another.")
+    if not passkey_checked_recently(request.session):
+        raise RecheckRequired()
+    return request.user
+
+
 class RegisterOptionsView(APIView):
-    permission_classes = [permissions.AllowAny]
+    permission_classes = [permissions.AllowAny, NoTokens]
+    throttle_scope = "signup"
 
     @extend_schema(request=s.RegistrationOptionsRequest, responses={200: OpenApiTypes.OBJECT})
     def post(self, request):
         data = _validated(s.RegistrationOptionsRequest, request)
-        options = services.passkey_registration_begin(
-            request=request, display_name=data.get("display_name"), enrollment_token=data.get("enrollment_token")
+        enrollment_token = data.get("enrollment_token")
+        options, pending = services.passkey_registration_begin(
+            actor=None if enrollment_token else _session_actor(request),
+            display_name=data.get("display_name"),
+            enrollment_token=enrollment_token,
+            previous=request.session.get(REGISTRATION_KEY),
         )
+        request.session[REGISTRATION_KEY] = pending
         return Response(options)
 
 
 class RegisterVerifyView(APIView):
-    permission_classes = [permissions.AllowAny]
+    permission_classes = [permissions.AllowAny, NoTokens]
+    throttle_scope = "signup"
 
     @extend_schema(request=s.RegistrationResponse, responses={201: s.PasskeySerializer})
     def post(self, request):
         _validated(s.RegistrationResponse, request)
+        pending = take(request.session, REGISTRATION_KEY)
+        adding = bool(pending) and pending.get("purpose") == "add"
         credential = {k: v for k, v in request.data.items() if k != "passkey_name"}
-        passkey = services.passkey_registration_complete(
-            request=request, credential=credential, passkey_name=request.data.get("passkey_name")
+        passkey, sign_in = services.passkey_registration_complete(
+            pending=pending,
+            actor=_session_actor(request) if adding else None,
+            credential=credential,
+            passkey_name=request.data.get("passkey_name"),
         )
+        if sign_in:
+            start_session(request, passkey.user, passkey)
         return Response(
             {"passkey": s.PasskeySerializer(passkey).data, **me_payload(passkey.user)}, status=status.HTTP_201_CREATED
         )
 
 
 class LoginOptionsView(APIView):
-    permission_classes = [permissions.AllowAny]
+    permission_classes = [permissions.AllowAny, NoTokens]
+    throttle_scope = "login"
 
     @extend_schema(request=None, responses={200: OpenApiTypes.OBJECT})
     def post(self, request):
-        return Response(services.passkey_authentication_begin(request=request))
+        options, state = services.passkey_authentication_begin()
+        request.session[AUTHENTICATION_KEY] = state
+        return Response(options)
 
 
 class LoginVerifyView(APIView):
-    permission_classes = [permissions.AllowAny]
+    """Signs in, or, in a session already signed in, re-checks the passkey
+    (which the most sensitive actions need within the last 10 minutes)."""
+
+    permission_classes = [permissions.AllowAny, NoTokens]
+    throttle_scope = "login"
 
     @extend_schema(request=s.AuthenticationResponse, responses={200: s.MeSerializer})
     def post(self, request):
         _validated(s.AuthenticationResponse, request)
-        user = services.passkey_authentication_complete(request=request, credential=dict(request.data))
+        user, passkey = services.passkey_authentication_complete(
+            state=take(request.session, AUTHENTICATION_KEY), credential=dict(request.data)
+        )
+        start_session(request, user, passkey)
         return Response(me_payload(user))
 
 
@@ -93,6 +137,7 @@ class MeView(APIView):
 
 
 class IdentityView(APIView):
+    throttle_scope = "provisioning"
     @extend_schema(request=s.ClaimHandleRequest, responses={201: s.IdentitySerializer})
     def post(self, request):
         data = _validated(s.ClaimHandleRequest, request)
@@ -101,6 +146,7 @@ class IdentityView(APIView):
 
 
 class IdentityProvisionView(APIView):
+    throttle_scope = "provisioning"
     @extend_schema(request=None, responses={202: s.IdentitySerializer})
     def post(self, request):
         identity = provisioning.identity_start_provisioning(actor=request.user)
@@ -108,6 +154,7 @@ class IdentityProvisionView(APIView):
 
 
 class IdentityAvailabilityView(APIView):
+    throttle_scope = "availability"
     @extend_schema(
         parameters=[OpenApiParameter("handle", str, required=True, description="The handle to check.")],
         responses={200: s.AvailabilitySerializer},
@@ -118,6 +165,7 @@ class IdentityAvailabilityView(APIView):
 
 
 class IdentityCancelView(APIView):
+    throttle_scope = "provisioning"
     @extend_schema(request=None, responses={202: s.IdentitySerializer})
     def post(self, request):
         identity = provisioning.identity_cancel(actor=request.user)
@@ -131,6 +179,8 @@ class PasskeyViewSet(
     serializer_class = s.PasskeySerializer
     pagination_class = Pagination
     http_method_names = ["get", "patch", "delete", "head", "options"]
+    permission_classes = [permissions.IsAuthenticated, PasskeySession]
+    recent_passkey_actions = {"destroy"}
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation: no user, just the model
@@ -152,6 +202,10 @@ class ApiTokenViewSet(
 ):
     serializer_class = s.ApiTokenSerializer
     pagination_class = Pagination
+    permission_classes = [permissions.IsAuthenticated, PasskeySession]
+    recent_passkey_actions = {"create"}
+    throttle_scope = "token_create"
+    throttle_methods = {"POST"}
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
@@ -162,9 +216,11 @@ class ApiTokenViewSet(
     def create(self, request, *args, **kwargs):
         data = _validated(s.ApiTokenSerializer, request)
         token, secret = services.api_token_create(
-            actor=request.user, name=data["name"], expires_at=data.get("expires_at")
+            actor=request.user, name=data["name"], scope=data.get("scope", ApiToken.Scope.READ), expires_at=data.get("expires_at")
         )
-        return Response({**s.ApiTokenSerializer(token).data, "token": secret}, status=status.HTTP_201_CREATED)
+        return no_store(
+            Response({**s.ApiTokenSerializer(token).data, "token": secret}, status=status.HTTP_201_CREATED)
+        )
 
     def destroy(self, request, *args, **kwargs):
         token = self.get_object()

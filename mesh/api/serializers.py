@@ -1,16 +1,34 @@
 from rest_framework import serializers
 
-from mesh.models import MeshNetwork, Peer
+from mesh.models import MeshNetwork, NetworkRule, Peer, PeerShare
 
 
 class NetworkSerializer(serializers.ModelSerializer):
+    """What a peer's owner needs to know of a network."""
+
+    gateway_synced = serializers.SerializerMethodField(help_text="The gateway holds every change so far.")
+
     class Meta:
         model = MeshNetwork
         fields = [
             "id", "name", "ipv4_cidr", "ipv6_prefix", "endpoint", "listen_port", "gateway_public_key",
-            "default_keepalive", "peer_quota", "generation", "applied_generation", "applied_at", "last_sync_error",
+            "default_keepalive", "peer_quota", "gateway_synced",
         ]
-        read_only_fields = ["gateway_public_key", "generation", "applied_generation", "applied_at", "last_sync_error"]
+        read_only_fields = fields
+
+    def get_gateway_synced(self, network) -> bool:
+        return network.applied_generation >= network.generation
+
+
+class OperatorNetworkSerializer(NetworkSerializer):
+    """Operators also see how the gateway is run and how its syncs go."""
+
+    class Meta(NetworkSerializer.Meta):
+        fields = NetworkSerializer.Meta.fields + [
+            "interface", "gateway_netns", "gateway_queue", "address_cooldown_seconds", "generation",
+            "applied_generation", "applied_at", "last_sync_error",
+        ]
+        read_only_fields = fields
 
 
 class NetworkCreateRequest(serializers.Serializer):
@@ -20,6 +38,8 @@ class NetworkCreateRequest(serializers.Serializer):
     endpoint = serializers.CharField(max_length=260, required=False)
     listen_port = serializers.IntegerField(min_value=1, max_value=65535, required=False)
     interface = serializers.RegexField(r"^[A-Za-z0-9_=+.-]{1,15}$", required=False)
+    gateway_netns = serializers.CharField(max_length=64, required=False, allow_blank=True)
+    gateway_queue = serializers.CharField(max_length=60, required=False)
 
 
 class PeerSerializer(serializers.ModelSerializer):
@@ -78,3 +98,35 @@ class PeerWithSecrets(PeerSerializer):
 
     class Meta(PeerSerializer.Meta):
         fields = PeerSerializer.Meta.fields + ["config", "qr"]
+
+
+class PeerShareSerializer(serializers.ModelSerializer):
+    handle = serializers.SerializerMethodField()
+
+    class Meta:
+        model = PeerShare
+        fields = ["handle", "created_at"]
+        read_only_fields = fields
+
+    def get_handle(self, share) -> str | None:
+        # A handle can be given up after the share was made.
+        identity = getattr(share.grantee, "identity", None)
+        return identity.handle if identity else None
+
+
+class PeerShareRequest(serializers.Serializer):
+    handle = serializers.CharField(max_length=64, help_text="The handle of the person whose peers may reach this one.")
+
+
+class NetworkRuleSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = NetworkRule
+        fields = ["id", "source", "destination", "description", "created_at"]
+        read_only_fields = fields
+
+
+class NetworkRuleRequest(serializers.Serializer):
+    source = serializers.CharField(max_length=64, required=False, allow_blank=True, help_text="a prefix; blank: any peer")
+    destination = serializers.CharField(max_length=64, required=False, allow_blank=True,
+                                        help_text="a prefix; blank: any peer")
+    description = serializers.CharField(max_length=120, required=False, allow_blank=True)

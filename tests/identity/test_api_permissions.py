@@ -42,26 +42,6 @@ PROTECTED = [
 ]
 
 
-@pytest.fixture()
-def alice():
-    """A signed-in session with one passkey."""
-    client, device = Client(), authenticator()
-    body = sign_up(client, device, "Alice")
-    client.device = device
-    client.passkey_id = body["passkey"]["id"]
-    client.account_id = body["user"]["account_id"]
-    return client
-
-
-@pytest.fixture()
-def bob():
-    client, device = Client(), authenticator()
-    body = sign_up(client, device, "Bob")
-    client.passkey_id = body["passkey"]["id"]
-    client.account_id = body["user"]["account_id"]
-    return client
-
-
 def call(client: Client, method: str, path: str, **extra):
     if method in ("post", "patch"):
         return getattr(client, method)(path, {"name": "x", "handle": "alice"}, content_type="application/json", **extra)
@@ -142,17 +122,19 @@ def test_a_token_is_shown_once_and_reaches_its_owners_me_only(alice, bob):
     assert response.status_code == 404
     assert bob.delete(f"{API}/passkeys/{alice.passkey_id}").status_code == 404
     assert WebAuthnCredential.objects.get(pk=alice.passkey_id).name != "mine"
-    # Not even with Bob's own token.
+    # Not even with Bob's own token: no token reaches credentials at all.
     bob_secret = create_token(bob, "bob")["token"]
-    assert anonymous.get(f"{API}/tokens/{created['id']}", **bearer(bob_secret)).status_code == 404
-    assert anonymous.get(f"{API}/passkeys/{alice.passkey_id}", **bearer(bob_secret)).status_code == 404
+    assert anonymous.get(f"{API}/tokens/{created['id']}", **bearer(bob_secret)).status_code == 403
+    assert anonymous.get(f"{API}/passkeys/{alice.passkey_id}", **bearer(bob_secret)).status_code == 403
 
 
-def test_a_token_works_on_every_endpoint_like_a_session(alice):
-    secret = create_token(alice)["token"]
+def test_a_write_token_reaches_resources_but_never_credentials(alice):
+    secret = create_token(alice, scope="write")["token"]
     client = Client()
-    assert client.get(f"{API}/passkeys", **bearer(secret)).status_code == 200
-    assert client.get(f"{API}/tokens", **bearer(secret)).status_code == 200
+    for path in (f"{API}/passkeys", f"{API}/tokens"):
+        refused = client.get(path, **bearer(secret))
+        assert refused.status_code == 403, path
+        assert "API tokens cannot manage credentials" in refused.json()["detail"]
     claimed = post_json(client, f"{API}/identity", {"handle": "alice"}, **bearer(secret))
     assert claimed.status_code == 201
     assert post_json(client, f"{API}/identity/provision", **bearer(secret)).status_code == 202
@@ -161,6 +143,17 @@ def test_a_token_works_on_every_endpoint_like_a_session(alice):
     # Logging out with a token ends no session and keeps the token usable.
     assert post_json(client, f"{API}/auth/logout", **bearer(secret)).status_code == 204
     assert client.get(f"{API}/me", **bearer(secret)).status_code == 200
+
+
+def test_a_read_only_token_reads_but_changes_nothing(alice):
+    created = create_token(alice)
+    assert created["scope"] == "read", "tokens are read-only unless asked otherwise"
+    client = Client()
+    assert client.get(f"{API}/me", **bearer(created["token"])).status_code == 200
+    refused = post_json(client, f"{API}/identity", {"handle": "alice"}, **bearer(created["token"]))
+    assert refused.status_code == 403
+    assert "read-only" in refused.json()["detail"]
+    assert client.get(f"{API}/me", **bearer(created["token"])).json()["identity"] is None
 
 
 def test_a_revoked_token_is_refused(alice):
@@ -175,11 +168,11 @@ def test_a_revoked_token_is_refused(alice):
     assert alice.delete(f"{API}/tokens/{created['id']}").status_code == 204
 
 
-def test_a_token_can_revoke_itself(alice):
-    created = create_token(alice)
+def test_a_token_cannot_revoke_tokens_not_even_itself(alice):
+    created = create_token(alice, scope="write")
     client = Client()
-    assert client.delete(f"{API}/tokens/{created['id']}", **bearer(created["token"])).status_code == 204
-    assert client.get(f"{API}/me", **bearer(created["token"])).status_code == 401
+    assert client.delete(f"{API}/tokens/{created['id']}", **bearer(created["token"])).status_code == 403
+    assert client.get(f"{API}/me", **bearer(created["token"])).status_code == 200
 
 
 def test_an_expired_token_is_refused(alice):
@@ -241,39 +234,30 @@ def test_the_last_passkey_cannot_be_deleted_but_one_of_two_can(alice):
     assert WebAuthnCredential.objects.filter(pk=alice.passkey_id).exists()
 
     options = register_options(alice)
-    second = post_json(alice, f"{API}/auth/register/verify", authenticator().create(options))
+    second_device = authenticator()
+    second = post_json(alice, f"{API}/auth/register/verify", second_device.create(options))
     assert second.status_code == 201
     second_id = second.json()["passkey"]["id"]
 
+    # Deleting the passkey this session signed in with also ends this session.
     assert alice.delete(f"{API}/passkeys/{alice.passkey_id}").status_code == 204
-    assert [p["id"] for p in alice.get(f"{API}/passkeys").json()["results"]] == [second_id]
-    assert alice.delete(f"{API}/passkeys/{second_id}").status_code == 409
-    # The deleted passkey signs in no more.
+    assert alice.get(f"{API}/me").status_code in (401, 403)
+    # The deleted passkey signs in no more; the other one does.
     client = Client()
     assert 400 <= sign_in(client, alice.device).status_code < 500
     assert client.get(f"{API}/me").status_code in (401, 403)
-
-
-def test_adding_a_passkey_with_a_token_names_the_tokens_owner(alice):
-    secret = create_token(alice)["token"]
-    client = Client()
-    options = post_json(client, f"{API}/auth/register/options", {"display_name": "ignored"}, **bearer(secret))
-    assert options.status_code == 200
-    response = post_json(
-        client, f"{API}/auth/register/verify", authenticator().create(options.json()), **bearer(secret)
-    )
-    assert response.status_code == 201, response.content
-    assert response.json()["user"]["account_id"] == alice.account_id
-    assert WebAuthnCredential.objects.filter(user__account_id=alice.account_id).count() == 2
+    assert sign_in(client, second_device).status_code == 200
+    assert [p["id"] for p in client.get(f"{API}/passkeys").json()["results"]] == [second_id]
+    assert client.delete(f"{API}/passkeys/{second_id}").status_code == 409
 
 
 def test_a_registration_started_by_one_user_cannot_be_finished_by_another(alice, bob):
     """Alice's session holds her pending "add a passkey" ceremony; a request
-    on that session authenticated as Bob (by his token) cannot finish it."""
-    bob_secret = create_token(bob, "bob")["token"]
+    on that session that presents Bob's token is refused before it starts."""
+    bob_secret = create_token(bob, "bob", scope="write")["token"]
     options = register_options(alice)
     response = post_json(alice, f"{API}/auth/register/verify", authenticator().create(options), **bearer(bob_secret))
-    assert response.status_code == 400, response.content
+    assert response.status_code == 403, response.content
     assert WebAuthnCredential.objects.filter(user__account_id=bob.account_id).count() == 1
     assert WebAuthnCredential.objects.filter(user__account_id=alice.account_id).count() == 1
 

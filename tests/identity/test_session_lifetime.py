@@ -1,14 +1,15 @@
 from datetime import timedelta
 
-from django.contrib.sessions.models import Session
+from identity.models import UserSession
+from identity.sessions import stored_key
 from django.test import Client
 from django.utils import timezone
 
 from tests.passkey_api import API, authenticator, sign_in, sign_up
 
 
-def session_row(client: Client) -> Session:
-    return Session.objects.get(session_key=client.cookies["sessionid"].value)
+def session_row(client: Client) -> UserSession:
+    return UserSession.objects.get(session_key=stored_key(client.cookies["sessionid"].value))
 
 
 def test_a_passkey_session_lasts_24_hours_from_sign_in_and_does_not_slide(db):
@@ -30,8 +31,23 @@ def test_a_passkey_session_lasts_24_hours_from_sign_in_and_does_not_slide(db):
 def test_a_session_past_its_24_hours_is_signed_out(db):
     client = Client()
     sign_up(client, authenticator(), display_name="Old Session")
-    Session.objects.filter(session_key=client.cookies["sessionid"].value).update(
+    UserSession.objects.filter(session_key=stored_key(client.cookies["sessionid"].value)).update(
         expire_date=timezone.now() - timedelta(seconds=1)
     )
     assert client.get(f"{API}/me").status_code in {401, 403}
     assert client.get("/").status_code == 302
+
+
+def test_the_database_holds_no_usable_session_key(db):
+    """A copy of the sessions table must not let anybody ride a session: only
+    a hash of the cookie value is stored."""
+    client = Client()
+    sign_up(client, authenticator(), display_name="Hash Brown")
+    cookie = client.cookies["sessionid"].value
+    assert not UserSession.objects.filter(session_key=cookie).exists()
+    row = session_row(client)
+    assert row.user.display_name == "Hash Brown" and row.passkey_id is not None
+
+    thief = Client()
+    thief.cookies["sessionid"] = row.session_key
+    assert thief.get(f"{API}/me").status_code in {401, 403}

@@ -72,6 +72,7 @@ def mesh(topology, worker):
         endpoint=topology.endpoint,
         listen_port=netns.LISTEN_PORT,
         interface=topology.gateway_interface,
+        gateway_netns=topology.gateway_netns,
     )
     user = User.objects.create_user(display_name="Wendy Wireguard", signup_state="active")
     m = Mesh(topology, network, user)

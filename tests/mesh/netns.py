@@ -8,10 +8,11 @@
         `-- ...
 
 Nothing touches the root namespace except the UAPI sockets of wireguard-go,
-which live in /var/run/wireguard/<ifname>.sock for every namespace (that is
-how `wg` in the root namespace, i.e. InfraSim's gateway sync, reaches the
-gateway interface). So every interface gets a name unique to this run, and
-every object is removed again, also when a test fails.
+which live in /var/run/wireguard/<ifname>.sock for every namespace. The mesh
+network names the gateway namespace (MeshNetwork.gateway_netns), so
+InfraSim's gateway sync runs `wg` and `nft` inside it. Every interface gets
+a name unique to this run, and every object is removed again, also when a
+test fails.
 
 Names: namespaces are `isim-<pid>-<token>-<role>`, so a later run can tell
 that a namespace was left by a run that no longer exists and remove it;
@@ -26,7 +27,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -34,7 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
-WG_RUN_DIR = Path("/var/run/wireguard")
+from mesh.wireguard_go import UAPI_DIR as WG_RUN_DIR
+from mesh.wireguard_go import WireGuardGo as WireGuardGoProcess
+from mesh.wireguard_go import socket_listening
+
 NETNS_DIR = Path("/var/run/netns")
 NS_PREFIX = "isim-"
 UNDERLAY = ipaddress.ip_network("198.18.0.0/24")  # RFC 2544 benchmarking space, only inside our namespaces
@@ -54,7 +57,7 @@ def run(*args: str, check: bool = True, input: str | None = None, timeout: float
 
 
 def tools_missing() -> list[str]:
-    return [tool for tool in ("ip", "wg", "wg-quick", "wireguard-go", "ping") if shutil.which(tool) is None]
+    return [tool for tool in ("ip", "wg", "wg-quick", "wireguard-go", "ping", "nft") if shutil.which(tool) is None]
 
 
 def _pid_alive(pid: int) -> bool:
@@ -64,15 +67,6 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
-
-
-def _socket_listening(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        try:
-            sock.connect(str(path))
-        except OSError:
-            return False
     return True
 
 
@@ -119,7 +113,7 @@ def sweep_stale() -> None:
             shutil.rmtree(workdir, ignore_errors=True)
     if WG_RUN_DIR.is_dir():
         for sock in WG_RUN_DIR.glob("wg*.sock"):
-            if re.fullmatch(rf"{OUR_IFNAME}\.sock", sock.name) and not _socket_listening(sock):
+            if re.fullmatch(rf"{OUR_IFNAME}\.sock", sock.name) and not socket_listening(sock):
                 sock.unlink(missing_ok=True)
     for lock in Path(lock_path("x")).parent.glob("infrasim-wg-wg*.lock"):
         ifname = lock.name.removeprefix("infrasim-wg-").removesuffix(".lock")
@@ -152,23 +146,14 @@ class WireGuardGo:
     """A wireguard-go process owning interface `ifname` inside a namespace."""
 
     def __init__(self, ns: Namespace, ifname: str, logdir: Path):
-        assert len(ifname) <= 15, ifname
         self.ns, self.ifname = ns, ifname
-        self.socket = WG_RUN_DIR / f"{ifname}.sock"
-        if self.socket.exists():
-            if _socket_listening(self.socket):
-                raise RuntimeError(f"{self.socket} belongs to a running wireguard-go")
-            self.socket.unlink()
         self.log = open(logdir / f"{ifname}.log", "wb")  # noqa: SIM115 (closed in stop())
-        env = {**os.environ, "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1", "LOG_LEVEL": "error"}
-        # `ip netns exec` and `env` exec, so the pid is wireguard-go's own.
-        self.process = ns.popen("wireguard-go", "-f", ifname, stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + 10
-        while not (self.socket.exists() and _socket_listening(self.socket)):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"wireguard-go {ifname} did not start; see {self.log.name}")
-            time.sleep(0.02)
+        self.process = WireGuardGoProcess(ifname, netns=ns.name, log=self.log)
+        try:
+            self.process.start()
+        except Exception:
+            self.log.close()
+            raise
 
     def wg(self, *args: str, check: bool = True, input: str | None = None):
         return self.ns.exec("wg", *args, check=check, input=input)
@@ -181,15 +166,8 @@ class WireGuardGo:
         return self.wg("show", self.ifname, "peers").stdout.split()
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        self.process.stop()
         self.log.close()
-        self.socket.unlink(missing_ok=True)
 
 
 @dataclass
@@ -396,6 +374,10 @@ class Topology:
     @property
     def gateway_interface(self) -> str:
         return self.gateway.ifname
+
+    @property
+    def gateway_netns(self) -> str:
+        return self.gateway.ns.name
 
     @property
     def endpoint(self) -> str:

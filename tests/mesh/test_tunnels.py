@@ -51,16 +51,17 @@ class Up:
     """A peer created through the service and brought up in its own namespace
     from its downloaded config."""
 
-    def __init__(self, mesh, name: str, *, server_key: bool = False, **create):
+    def __init__(self, mesh, name: str, *, server_key: bool = False, owner=None, **create):
         self.mesh = mesh
+        owner = owner or mesh.user
         if server_key:
-            created = services.peer_create(actor=mesh.user, name=name, generate_key=True, network=mesh.network, **create)
+            created = services.peer_create(actor=owner, name=name, generate_key=True, network=mesh.network, **create)
             self.private_key = created.private_key
         else:
             self.private_key, public = wg_genkey()
-            created = services.peer_create(actor=mesh.user, name=name, public_key=public, network=mesh.network, **create)
+            created = services.peer_create(actor=owner, name=name, public_key=public, network=mesh.network, **create)
         self.peer = created.peer
-        self.conf = download_config(mesh.user, self.peer.pk)
+        self.conf = download_config(owner, self.peer.pk)
         self.node = mesh.topology.add_peer()
 
     def bring_up(self) -> Up:
@@ -128,6 +129,7 @@ def test_configs_parse_with_wg(netns_ready, topology, worker):
     network = services.network_create(
         actor=None, name="parse", ipv4_cidr=str(topology.v4_pool), ipv6_prefix=str(topology.v6_pool),
         endpoint=topology.endpoint, listen_port=netns.LISTEN_PORT, interface=topology.gateway_interface,
+        gateway_netns=topology.gateway_netns,
     )
     user = User.objects.create_user(display_name="Pat Parse", signup_state="active")
     server = services.peer_create(actor=user, name="server key", generate_key=True, preshared_key=True, network=network)

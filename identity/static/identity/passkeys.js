@@ -158,6 +158,10 @@
   }
 
   document.addEventListener("DOMContentLoaded", () => {
+    // Enter in the sign-in form's autofill field must not post the page.
+    const signinForm = document.getElementById("signin-form");
+    if (signinForm) signinForm.addEventListener("submit", (e) => e.preventDefault());
+
     if (on("signin-button", "click", async () => {
       if (conditional) conditional.abort();
       conditional = null;
@@ -178,6 +182,15 @@
     on("enroll-button", "click", async (button) => {
       await register({ enrollment_token: button.dataset.token }, "Operator passkey");
       window.location.assign("/admin/");
+    });
+
+    // Sudo mode: prove the passkey again before adding or deleting passkeys
+    // and creating tokens (the server asks for a check within 10 minutes).
+    on("recheck-button", "click", async () => {
+      const options = await post("auth/login/options", {});
+      const cred = await navigator.credentials.get({ publicKey: requestOptions(options) });
+      await post("auth/login/verify", credentialJSON(cred));
+      window.location.reload();
     });
 
     on("add-passkey-form", "submit", async (form) => {

@@ -1,0 +1,68 @@
+"""Site-wide HTTP middleware: the Content-Security-Policy on HTML pages, and
+JSON errors for API request bodies Django refuses before DRF sees them."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.http import JsonResponse
+
+from infrasim_site.origins import websocket_sources
+
+API_PREFIX = "/api/"
+
+
+def content_security_policy() -> str:
+    # No third-party origin anywhere: every script, style and font is served
+    # from the repository, and the only other connection is our WebSocket.
+    connect = " ".join(["'self'", *websocket_sources()])
+    return "; ".join(
+        [
+            "default-src 'self'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "img-src 'self' data:",
+            f"connect-src {connect}",
+            "frame-ancestors 'none'",
+            "base-uri 'self'",
+            "form-action 'self'",
+            "object-src 'none'",
+        ]
+    )
+
+
+class ContentSecurityPolicyMiddleware:
+    def __init__(self, get_response):
+        self.get_response = get_response
+        self.policy = content_security_policy()
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        if response.get("Content-Type", "").startswith("text/html"):
+            response.setdefault("Content-Security-Policy", self.policy)
+        return response
+
+
+class ApiBodyLimitMiddleware:
+    """An API body over DATA_UPLOAD_MAX_MEMORY_SIZE gets a JSON 413.
+
+    Django raises RequestDataTooBig as soon as anything reads request.body
+    (CSRF checks, session authentication), and turns it into its HTML 400 page.
+    Multipart uploads are left alone: their file parts stream to disk and do
+    not count against that limit."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        if request.path.startswith(API_PREFIX) and not request.content_type.startswith("multipart/"):
+            try:
+                length = int(request.META.get("CONTENT_LENGTH") or 0)
+            except ValueError:
+                return JsonResponse({"detail": "Invalid Content-Length header.", "code": "parse_error"}, status=400)
+            limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+            if limit is not None and length > limit:
+                return JsonResponse(
+                    {"detail": f"Request body too large: the limit is {limit} bytes.", "code": "request_too_large"},
+                    status=413,
+                )
+        return self.get_response(request)
