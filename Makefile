@@ -1,29 +1,37 @@
 # Two commands for a fresh machine: `make run` and `make test`.
 # Both install what is missing: Debian/Ubuntu packages (as root), then a
-# virtualenv with the pinned Python packages.
+# virtualenv with the pinned Python packages. `make run` installs only what
+# running needs; `make test` adds the test tools (TEST_SYSTEM_PACKAGES,
+# tests/requirements.txt). Each half has its own stamp, so switching between
+# the two installs nothing twice.
 
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
-SYSTEM_PACKAGES := python3-venv python3-dev gcc pkg-config libvirt-dev redis-server chromium \
+SYSTEM_PACKAGES := python3-venv python3-dev gcc pkg-config libvirt-dev redis-server \
 	qemu-system-x86 qemu-utils libvirt-daemon libvirt-clients wireguard-tools wireguard-go \
-	iproute2 iputils-ping nftables knot knot-dnsutils
+	iproute2 nftables
+TEST_SYSTEM_PACKAGES := chromium iputils-ping knot knot-dnsutils
 PYTEST_ARGS ?=
 
-.PHONY: run test install system-packages clean
+.PHONY: run test install install-test system-packages test-system-packages clean
 
 run: install
 	$(PY) -m infrasim_site.stack
 
 # pytest exits 5 when it collected no tests; make treats that as the failure it is.
-test: install
+test: install-test
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 install: system-packages $(VENV)/.installed
 
-system-packages:
+install-test: install test-system-packages $(VENV)/.installed-test
+
+system-packages: PACKAGES = $(SYSTEM_PACKAGES)
+test-system-packages: PACKAGES = $(TEST_SYSTEM_PACKAGES)
+system-packages test-system-packages:
 	@missing=""; \
-	for pkg in $(SYSTEM_PACKAGES); do \
+	for pkg in $(PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$pkg"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -39,6 +47,10 @@ $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-test: tests/requirements.txt $(VENV)/.installed
+	$(PY) -m pip install --quiet -r tests/requirements.txt
 	touch $@
 
 clean:

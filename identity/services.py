@@ -7,6 +7,7 @@ none of them holds a rule of its own.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import secrets
 from datetime import datetime, timedelta
@@ -110,6 +111,7 @@ def passkey_registration_complete(
     if purpose == "add" and (actor is None or actor.pk != pending["user_id"]):
         raise webauthn_errors.InvalidState()
 
+    _check_origin(credential)
     credential = _with_clean_extension_results(credential)
 
     with transaction.atomic():
@@ -160,6 +162,27 @@ def _create_signed_up_user(pending: dict) -> User:
     return user
 
 
+def _check_origin(credential: dict) -> None:
+    """Name the setting when the browser's page is not at the configured
+    origin: py_webauthn's own refusal says only "invalid response", which
+    leaves a newcomer on another port guessing."""
+    response = credential.get("response")
+    raw = _decode_base64url(response.get("clientDataJSON")) if isinstance(response, dict) else None
+    try:
+        origin = json.loads(raw).get("origin") if raw else None
+    except (ValueError, AttributeError):
+        return  # malformed client data: py_webauthn refuses it with its own error
+    allowed = settings.OTP_WEBAUTHN_ALLOWED_ORIGINS
+    if isinstance(origin, str) and origin not in allowed:
+        raise InvalidInput(
+            f"This page was opened at {origin}, but InfraSim expects {' or '.join(allowed)}. "
+            f"Open {allowed[0]} instead, or set WEBAUTHN_RP_ORIGIN (or INFRASIM_PORT) to the address you use "
+            "and restart InfraSim.",
+            field="credential",
+            code="origin_mismatch",
+        )
+
+
 def _with_clean_extension_results(credential: dict) -> dict:
     """clientExtensionResults is unsigned and only informs the passkey list
     (credProps.rk: "discoverable"); keep just a well-formed rk, since the
@@ -188,6 +211,7 @@ def passkey_authentication_complete(*, state: dict | None, credential: dict) -> 
         raise webauthn_errors.InvalidState()
     if not isinstance(credential, dict):
         raise InvalidInput("Expected the AuthenticationResponseJSON object.", field="credential", code="invalid_type")
+    _check_origin(credential)
     response = credential.get("response")
     if isinstance(response, dict) and response.get("userHandle") and _decode_base64url(response["userHandle"]) is None:
         # py_webauthn decodes userHandle outside its own error handling.

@@ -33,7 +33,12 @@ def api_exception_handler(exc, context):
         exc = drf_exceptions.ParseError(str(exc))
     elif isinstance(exc, OTPWebAuthnApiError):
         exc = _ApiError(exc.status_code, {"detail": str(exc.detail), "code": exc.code})
-    return drf_exception_handler(exc, context)
+    response = drf_exception_handler(exc, context)
+    # Every error body names its code, as ServiceError's do, so clients (and
+    # the console's scripts) can tell e.g. "passkey_recheck_required" apart.
+    if response is not None and isinstance(response.data, dict) and set(response.data) == {"detail"}:
+        response.data["code"] = getattr(response.data["detail"], "code", None) or "error"
+    return response
 
 
 class Pagination(LimitOffsetPagination):

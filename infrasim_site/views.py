@@ -44,16 +44,30 @@ def admin_login(request):
 
 
 class ApiRootView(APIView):
-    """Entry point of the browsable API."""
+    """Entry point of the browsable API: every endpoint family, and the way
+    back to the console."""
 
     @extend_schema(responses=OpenApiTypes.OBJECT)
-    def get(self, request, format=None):
+    def get(self, request):
+        def link(name: str) -> str:
+            return api_reverse(name, request=request)
+
+        families = {
+            "me": link("me"),
+            "identity": link("identity"),
+            "availability": link("identity-availability"),
+            "passkeys": link("passkey-list"),
+            "tokens": link("api-token-list"),
+            "mesh-peers": link("mesh-peer-list"),
+            "mesh-networks": link("mesh-network-list"),
+        }
+        if request.user.is_staff:
+            families["mesh-gateway-config"] = link("mesh-gateway-config")
         return Response(
             {
-                "me": api_reverse("me", request=request, format=format),
-                "identity": api_reverse("identity", request=request, format=format),
-                "passkeys": api_reverse("passkey-list", request=request, format=format),
-                "tokens": api_reverse("api-token-list", request=request, format=format),
-                "schema": api_reverse("api-schema", request=request),
+                **families,
+                "schema": link("api-schema"),
+                "docs": link("api-docs"),
+                "console": link("console:dashboard"),
             }
         )

@@ -1,11 +1,17 @@
 """Tenant isolation on the gateway, rendered as one nftables table.
 
 Traffic that enters the gateway interface and leaves it again (peer to peer)
-passes the `mesh` chain: replies of allowed connections, the operators'
-network rules, then a jump by source address into the chain of the sender's
-owner, which accepts the owner's own peers and the peers shared with them.
-Everything else is dropped. Traffic to the gateway itself is not forwarded,
-so every peer always reaches the gateway address.
+passes the `mesh` chain: the operators' network rules, then a jump by source
+address into the chain of the sender's owner, which accepts the owner's own
+peers and the peers shared with them. Everything else is dropped. Traffic to
+the gateway itself is not forwarded, so every peer always reaches the
+gateway address.
+
+Every packet is judged by its connection's original direction (`ct
+original`), not only new ones: replies (and related ICMP errors) of an
+allowed connection pass, and a withdrawn share or rule stops connections
+that are already open at once. A plain `ct state established,related
+accept` would keep them alive for as long as they stay busy.
 
 The file deletes and recreates the table, and `nft -f` applies a file as one
 transaction: the gateway never holds half a policy.
@@ -60,9 +66,9 @@ def _by_family(addresses: Iterable[str]) -> dict[str, list[str]]:
 def _rule_line(rule: Rule) -> str:
     parts = []
     if rule.source:
-        parts.append(f"{_family(rule.source)} saddr {rule.source}")
+        parts.append(f"ct original {_family(rule.source)} saddr {rule.source}")
     if rule.destination:
-        parts.append(f"{_family(rule.destination)} daddr {rule.destination}")
+        parts.append(f"ct original {_family(rule.destination)} daddr {rule.destination}")
     return " ".join(parts + ["accept"])
 
 
@@ -72,16 +78,18 @@ def ruleset(*, interface: str, reach: Iterable[Reach], rules: Iterable[Rule] = (
     for group in reach:
         chain = f"reach_{group.owner_id}"
         lines = [
-            f"    {family} daddr {{ {', '.join(addresses)} }} accept"
+            f"    ct original {family} daddr {{ {', '.join(addresses)} }} accept"
             for family, addresses in _by_family(group.destinations).items()
             if addresses
         ]
         chains.append(f"  chain {chain} {{\n" + "\n".join(lines) + "\n  }\n")
         for family, addresses in _by_family(group.sources).items():
             vmaps[family] += [f"{address} : jump {chain}" for address in addresses]
-    mesh = ["    ct state established,related accept"]
+    mesh = ["    ct state invalid drop"]
     mesh += [f"    {_rule_line(rule)}" for rule in rules]
-    mesh += [f"    {family} saddr vmap {{ {', '.join(entries)} }}" for family, entries in vmaps.items() if entries]
+    mesh += [
+        f"    ct original {family} saddr vmap {{ {', '.join(entries)} }}" for family, entries in vmaps.items() if entries
+    ]
     mesh.append("    drop")
     return (
         f"table inet {table}\n"

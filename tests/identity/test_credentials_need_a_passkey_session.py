@@ -40,20 +40,21 @@ def test_a_token_cannot_take_over_its_account(alice):
     User.objects.filter(account_id=alice.account_id).update(is_staff=True, is_superuser=True)
     secret = create_token(alice, "automation", scope="write")["token"]
     attacker, attacker_device = Client(), authenticator()
+    # Options from an anonymous sign-up, for the attacker to answer below.
+    anonymous_options = register_options(Client(), display_name="x")
     before, ledger_before = snapshot(), LedgerEntry.objects.count()
 
     options = post_json(attacker, f"{API}/auth/register/options", {"display_name": "x"}, **bearer(secret))
     assert options.status_code == 403, options.content
-    # Even with options from an anonymous sign-up in the attacker's session,
-    # the token cannot turn the answer into a passkey on the owner's account.
-    anonymous_options = register_options(Client(), display_name="x")
+    # Even with a genuine answer, the token cannot put a passkey on the owner's account.
     verify = post_json(attacker, f"{API}/auth/register/verify", attacker_device.create(anonymous_options), **bearer(secret))
     assert verify.status_code == 403
     assert attacker.delete(f"{API}/passkeys/{alice.passkey_id}", **bearer(secret)).status_code == 403
     assert post_json(attacker, f"{API}/tokens", {"name": "mine", "scope": "write"}, **bearer(secret)).status_code == 403
     assert post_json(attacker, f"{API}/auth/login/options", **bearer(secret)).status_code == 403
     admin = attacker.get("/admin/", **bearer(secret))
-    assert admin.status_code == 302 and "/signin/" in admin["Location"]
+    assert admin.status_code == 302 and admin["Location"].startswith(("/admin/login/", "/signin/"))
+    assert attacker.get(admin["Location"], follow=True, **bearer(secret)).request["PATH_INFO"] == "/signin/"
 
     assert snapshot() == before
     assert LedgerEntry.objects.count() == ledger_before

@@ -73,6 +73,6 @@ def test_a_20_mb_body_is_a_json_413_when_signed_in(signed_in, caplog, path):
 
 def test_json_nested_to_the_limit_still_reaches_the_serializer(signed_in):
     nested = "[" * 63 + "]" * 63
-    response = _post(signed_in, f"{API}/tokens", '{"name": "ci", "scopes": ' + nested + "}")
+    response = _post(signed_in, f"{API}/tokens", '{"name": ' + nested + "}")
     assert response.status_code == 400
-    assert "scopes" in response.json()
+    assert "name" in response.json()
