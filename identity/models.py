@@ -10,7 +10,7 @@ from django.db import models
 from django.db.models.functions import Lower
 from django.utils import timezone
 
-from infrasim_site.steps import Step, StepStatus
+from infrasim_site.steps import Step
 
 
 class UserManager(BaseUserManager):
@@ -116,11 +116,12 @@ class ProvisioningStep(Step):
         S3 = "s3", "S3 bucket"
 
     class Status(models.TextChoices):
-        PENDING = StepStatus.PENDING
-        RUNNING = StepStatus.RUNNING
-        RETRYING = StepStatus.RETRYING
-        SUCCEEDED = StepStatus.SUCCEEDED
-        FAILED = StepStatus.FAILED
+        # The shared step statuses (infrasim_site.steps.StepStatus), then this step's own.
+        PENDING = "pending", "pending"
+        RUNNING = "running", "running"
+        RETRYING = "retrying", "retrying"
+        SUCCEEDED = "succeeded", "succeeded"
+        FAILED = "failed", "failed"
         NOT_CONFIGURED = "not_configured", "not configured"
         REMOVING = "removing", "removing"
         REMOVED = "removed", "removed"

@@ -178,18 +178,27 @@ def token_revoke(request, pk: int):
     return redirect("identity:tokens")
 
 
+def identity_card_context(request, claim_form=None) -> dict:
+    return {
+        "identity": selectors.identity_for(request.user),
+        "claim_form": claim_form or ClaimHandleForm(),
+        "passkey_count": selectors.passkeys_for(request.user).count(),
+    }
+
+
 def _identity_card(request, form):
     """The dashboard's Identity card alone (htmx swaps and live refresh), or the
     whole dashboard when the browser posted without JavaScript."""
     from infrasim_site.views import dashboard
 
+    status = 400 if form.errors else 200
     if not request.htmx:
         if request.method == "POST" and not form.errors:
             return redirect("console:dashboard")
-        return dashboard(request, claim_form=form)
-    return render(
-        request, "identity/_identity_card.html", {"identity": selectors.identity_for(request.user), "claim_form": form}
-    )
+        return dashboard(request, card_state={"identity": {"claim_form": form}}, status=status)
+    # 200 even with errors: htmx swaps only successful answers, and the form
+    # with its errors is what must appear.
+    return render(request, "identity/_identity_card.html", identity_card_context(request, form))
 
 
 @login_required

@@ -108,7 +108,8 @@ def loopback_endpoint_warning(endpoint: str, *, configured: str, admin_url: str 
         return ""
     port = endpoint.rpartition(":")[2]
     fix = (
-        f"change the network's endpoint at {admin_url} (WG_GATEWAY_ENDPOINT={configured} is read only when a network is created)"
+        f"set the network's endpoint to a public host or address at {admin_url} "
+        f"(WG_GATEWAY_ENDPOINT, now {configured}, is read only when a network is created)"
         if admin_url
         else f"set WG_GATEWAY_ENDPOINT=<public host or address>:{port} before starting"
     )

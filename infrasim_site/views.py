@@ -10,25 +10,13 @@ from rest_framework.response import Response
 from rest_framework.reverse import reverse as api_reverse
 from rest_framework.views import APIView
 
-from identity import selectors as identity_selectors
-from identity.forms import ClaimHandleForm
-from mesh import views as mesh_views
+from infrasim_site import cards
 
 
 @login_required
-def dashboard(request, claim_form=None):
-    """The console: one card per capability."""
-    return render(
-        request,
-        "console/dashboard.html",
-        {
-            "identity": identity_selectors.identity_for(request.user),
-            "claim_form": claim_form or ClaimHandleForm(),
-            "passkey_count": identity_selectors.passkeys_for(request.user).count(),
-            **mesh_views.card_context(request.user),
-        },
-        status=400 if claim_form is not None and claim_form.errors else 200,
-    )
+def dashboard(request, card_state: dict[str, dict] | None = None, status: int = 200):
+    """The console: the cards the apps registered (infrasim_site.cards)."""
+    return render(request, "console/dashboard.html", {"cards": cards.render_cards(request, card_state)}, status=status)
 
 
 def no_passwords(request):

@@ -53,3 +53,48 @@ def test_operator_revokes_a_peer_and_resyncs_from_the_admin(operator_client):
     operator_client.post("/admin/mesh/meshnetwork/", {"action": "resync_gateway", "_selected_action": [network.pk]})
     assert MeshNetwork.objects.get(pk=network.pk).generation == before + 2
     assert operator_client.get("/admin/mesh/addresslease/").status_code == 200
+
+
+def change_network(client, network, **fields):
+    data = {
+        "name": network.name, "endpoint": network.endpoint, "listen_port": network.listen_port,
+        "interface": network.interface, "gateway_netns": network.gateway_netns, "gateway_queue": network.gateway_queue,
+        "default_keepalive": network.default_keepalive, "peer_quota": network.peer_quota,
+        "address_cooldown_seconds": network.address_cooldown_seconds,
+        # The read-only inline of the network's rules posts its management form.
+        "rules-TOTAL_FORMS": 0, "rules-INITIAL_FORMS": 0,
+        **fields,
+    }
+    return client.post(f"/admin/mesh/meshnetwork/{network.pk}/change/", data)
+
+
+def test_editing_a_network_in_the_admin_is_recorded_and_resyncs_the_gateway(operator_client):
+    network = network_create(actor=None, name="edit", ipv4_cidr="100.101.0.0/24", ipv6_prefix="fd79::/64")
+    before = MeshNetwork.objects.get(pk=network.pk).generation
+    response = change_network(operator_client, network, peer_quota=7, endpoint="vpn2.example.com:51820")
+    assert response.status_code == 302, response.content.decode()[-2000:]
+    network.refresh_from_db()
+    assert network.peer_quota == 7 and network.endpoint == "vpn2.example.com:51820"
+    assert network.generation == before + 1
+    entry = LedgerEntry.objects.get(kind="mesh.network.updated", subject=f"mesh_network:{network.pk}")
+    assert entry.payload["changes"] == {"peer_quota": [20, 7], "endpoint": ["127.0.0.1:51820", "vpn2.example.com:51820"]}
+
+
+def test_a_bad_interface_or_namespace_is_a_form_error_and_changes_nothing(operator_client):
+    network = network_create(actor=None, name="bad", ipv4_cidr="100.102.0.0/24", ipv6_prefix="fd80::/64")
+    for fields, message in (({"interface": "wg 0;drop"}, "interface name"), ({"gateway_netns": "../etc"}, "namespace")):
+        response = change_network(operator_client, network, **fields)
+        assert response.status_code == 200
+        assert message in response.content.decode()
+    assert MeshNetwork.objects.get(pk=network.pk).interface == network.interface
+    assert not LedgerEntry.objects.filter(kind="mesh.network.updated").exists()
+
+
+def test_operator_adds_a_network_rule_in_the_admin_and_a_bad_one_is_a_form_error(operator_client):
+    network = network_create(actor=None, name="rules", ipv4_cidr="100.103.0.0/24", ipv6_prefix="fd81::/64")
+    bad = operator_client.post("/admin/mesh/networkrule/add/", {"network": network.pk, "source": "10.0.0.0/8"})
+    assert bad.status_code == 200 and "outside the network" in bad.content.decode()
+    good = operator_client.post("/admin/mesh/networkrule/add/", {"network": network.pk, "source": "100.103.0.0/25"})
+    assert good.status_code == 302
+    assert network.rules.get().source == "100.103.0.0/25"
+    assert LedgerEntry.objects.filter(kind="mesh.network.rule_added").exists()

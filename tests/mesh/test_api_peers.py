@@ -235,3 +235,83 @@ def test_a_peer_says_when_the_gateway_holds_its_latest_change(alice):
     assert client.get(f"{API}/peers/{peer['id']}").json()["gateway_synced"] is True
     rotated = post(client, f"peers/{peer['id']}/rotate", {"generate_key": True}).json()
     assert rotated["gateway_synced"] is False
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["evil\u202etxt.exe", "zero\u200bwidth", "private\ue000use", "non\ufffecharacter", "new\x00line"],
+)
+def test_a_peer_name_with_invisible_or_reordering_characters_is_refused(alice, name):
+    response = post(client_for(alice), "peers", {"name": name, "generate_key": True})
+    assert response.status_code == 400, response.content
+    assert "name" in response.json()
+    assert not Peer.objects.exists()
+
+
+def test_users_see_no_gateway_internals_and_operators_do(alice, operator):
+    post(client_for(alice), "peers", {"name": "p", "generate_key": True})
+    MeshNetwork.objects.update(last_sync_error="wg: secret detail of the gateway host")
+    internals = {"last_sync_error", "generation", "applied_generation", "applied_at", "interface", "gateway_queue",
+                 "gateway_netns"}
+    mine = client_for(alice).get(f"{API}/networks").json()["results"][0]
+    assert not internals & set(mine), mine
+    assert "secret detail" not in str(mine)
+    assert mine["name"] == "default" and mine["gateway_synced"] is False
+    theirs = client_for(operator).get(f"{API}/networks").json()["results"][0]
+    assert internals <= set(theirs)
+    assert theirs["last_sync_error"].startswith("wg:")
+
+
+def test_reading_on_a_fresh_database_creates_nothing(alice, operator):
+    from forensics.models import LedgerEntry
+
+    assert client_for(alice).get(f"{API}/networks").json()["results"] == []
+    assert client_for(alice).get(f"{API}/peers").json()["results"] == []
+    assert client_for(alice).get("/mesh/card").status_code == 200
+    assert client_for(operator).get(f"{API}/gateway/config").status_code == 404
+    assert not MeshNetwork.objects.exists() and not LedgerEntry.objects.exists()
+
+
+def test_responses_with_keys_or_configs_are_never_cached(alice, operator):
+    client = client_for(alice)
+    created = post(client, "peers", {"name": "My Laptop", "generate_key": True})
+    peer = created.json()
+    rotated = post(client, f"peers/{peer['id']}/rotate", {"generate_key": True})
+    config = client.get(f"{API}/peers/{peer['id']}/config")
+    qr = client.get(f"{API}/peers/{peer['id']}/config", {"format": "qr"})
+    gateway = client_for(operator).get(f"{API}/gateway/config")
+    for response in (created, rotated, config, qr, gateway):
+        assert response.status_code in (200, 201), response.content
+        directives = {d.strip() for d in response["Cache-Control"].split(",")}
+        assert {"no-store", "private"} <= directives, response["Cache-Control"]
+    assert config["Content-Disposition"] == 'attachment; filename="infrasim-my-laptop.conf"'
+
+
+def test_the_gateway_config_read_is_recorded_in_the_ledger(operator):
+    from forensics.models import LedgerEntry
+
+    post(client_for(operator), "peers", {"name": "p", "generate_key": True})
+    network = MeshNetwork.objects.get()
+    assert client_for(operator).get(f"{API}/gateway/config").status_code == 200
+    entry = LedgerEntry.objects.get(kind="mesh.gateway.config_read")
+    assert entry.subject == f"mesh_network:{network.pk}" and entry.actor == f"operator:{operator.pk}"
+
+
+def test_the_peer_list_filters_by_status_and_network(alice, operator):
+    client = client_for(alice)
+    network_create(actor=operator, name="lab", ipv4_cidr="100.125.0.0/24", ipv6_prefix="fd97::/64")
+    kept = post(client, "peers", {"name": "kept", "generate_key": True}).json()
+    gone = post(client, "peers", {"name": "gone", "generate_key": True}).json()
+    lab = post(client, "peers", {"name": "lab", "generate_key": True, "network": "lab"}).json()
+    client.delete(f"{API}/peers/{gone['id']}")
+
+    def names(**params):
+        return [p["name"] for p in client.get(f"{API}/peers", params).json()["results"]]
+
+    assert names() == ["kept", "lab"]
+    assert names(include_ended="true") == ["kept", "gone", "lab"]
+    assert names(status="revoked") == ["gone"]
+    assert names(network="lab") == [lab["name"]]
+    assert names(network="default", include_ended="1") == [kept["name"], gone["name"]]
+    bad = client.get(f"{API}/peers", {"status": "sleeping"})
+    assert bad.status_code == 400 and "status" in bad.json()

@@ -1,6 +1,7 @@
 """`manage.py rungateway` (what `make run` starts) brings up a working
-gateway: a peer configured from its downloaded .conf reaches it, and stopping
-the command removes the interface."""
+gateway: a peer configured from its downloaded .conf reaches it, the
+isolation policy is in place, and stopping the command removes the
+interface and the policy and gives back the forwarding settings it found."""
 
 import os
 import random
@@ -38,6 +39,13 @@ def test_rungateway_serves_a_peer_that_uses_its_downloaded_config(netns_ready, t
         # As after a restart: the database says everything was applied, but
         # the new interface is empty, so rungateway must apply it anyway.
         MeshNetwork.objects.filter(pk=network.pk).update(applied_generation=F("generation"), last_sync_error="")
+        table = f"infrasim-{topo.gateway_interface}"
+        forwarding = ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding")
+
+        def sysctls() -> list[str]:
+            return [topo.gateway.ns.exec("sysctl", "-n", key).stdout.strip() for key in forwarding]
+
+        assert sysctls() == ["0", "0"]
         env = {**os.environ, "DATABASE_URL": database.url_for_subprocess(other_network_namespace=True)}
         gateway = topo.gateway.ns.popen(
             sys.executable, "manage.py", "rungateway", "--network", network.name,
@@ -54,6 +62,9 @@ def test_rungateway_serves_a_peer_that_uses_its_downloaded_config(netns_ready, t
             assert node.ping(gateway_v6, count=3, interval=0.05).received == 3
             peers = topo.gateway.ns.exec("wg", "show", topo.gateway_interface, "peers").stdout.split()
             assert peers == [public]
+            assert sysctls() == ["1", "1"]
+            policy = topo.gateway.ns.exec("nft", "list", "table", "inet", table).stdout
+            assert f"{peer.ipv4} : jump reach_{user.pk}" in policy
         finally:
             gateway.send_signal(signal.SIGTERM)
             gateway.wait(timeout=15)
@@ -62,3 +73,6 @@ def test_rungateway_serves_a_peer_that_uses_its_downloaded_config(netns_ready, t
             assert time.monotonic() < deadline, "the interface outlived the command"
             time.sleep(0.05)
         assert not (netns.WG_RUN_DIR / f"{topo.gateway_interface}.sock").exists()
+        assert gateway.returncode == 0
+        assert sysctls() == ["0", "0"], "forwarding is back to what the command found"
+        assert topo.gateway.ns.exec("nft", "list", "table", "inet", table, check=False).returncode != 0

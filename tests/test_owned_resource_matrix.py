@@ -1,0 +1,120 @@
+"""Who reaches which object: one line per object route, checked for the
+owner, another user, an operator, an anonymous client, the owner's tokens of
+each scope and another user's token. Every new object route joins with one
+line in ROUTES (NetBox's utilities/testing approach).
+
+Expectations, from DESIGN.md's security rules:
+- another user's object answers 404, never its data;
+- operators see every resource (peers, appliances...), but credentials
+  (passkeys, tokens) stay personal: an operator gets 404 there too;
+- anonymous callers get 401 (the API names its Bearer scheme);
+- a token never reaches credentials (403); a read-only token may read
+  resources but not change them (403); a write token acts as its owner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import pytest
+from django.test import Client
+
+from mesh import services as mesh_services
+from tests.passkey_api import API, authenticator, bearer, create_token, register_options, post_json
+from tests.people import signed_in_person
+
+pytestmark = pytest.mark.django_db
+
+ACTORS = ["owner", "other_user", "operator", "anonymous", "owner_read_token", "owner_write_token", "other_write_token"]
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    method: str
+    path: str  # "{id}" is the object's id
+    make: Callable  # (owner Client) -> object id
+    credential: bool  # passkeys and tokens: personal, never reached by tokens
+    ok: tuple[int, ...]
+    body: dict | None = None
+
+    @property
+    def writes(self) -> bool:
+        return self.method not in ("get", "head")
+
+
+def second_passkey(owner: Client) -> int:
+    options = register_options(owner)
+    return post_json(owner, f"{API}/auth/register/verify", authenticator().create(options)).json()["passkey"]["id"]
+
+
+def a_token(owner: Client) -> int:
+    return create_token(owner, "matrix-object")["id"]
+
+
+def a_peer(owner: Client) -> int:
+    return mesh_services.peer_create(actor=owner.user, name="matrix peer", generate_key=True).peer.pk
+
+
+ROUTES = [
+    Route("passkey detail", "get", f"{API}/passkeys/{{id}}", second_passkey, True, (200,)),
+    Route("passkey rename", "patch", f"{API}/passkeys/{{id}}", second_passkey, True, (200,), {"name": "renamed"}),
+    Route("passkey delete", "delete", f"{API}/passkeys/{{id}}", second_passkey, True, (204,)),
+    Route("token detail", "get", f"{API}/tokens/{{id}}", a_token, True, (200,)),
+    Route("token revoke", "delete", f"{API}/tokens/{{id}}", a_token, True, (204,)),
+    Route("peer detail", "get", f"{API}/mesh/peers/{{id}}", a_peer, False, (200,)),
+    Route("peer config", "get", f"{API}/mesh/peers/{{id}}/config", a_peer, False, (200,)),
+    Route("peer config qr", "get", f"{API}/mesh/peers/{{id}}/config?format=qr", a_peer, False, (200,)),
+    Route("peer rotate", "post", f"{API}/mesh/peers/{{id}}/rotate", a_peer, False, (200,), {"generate_key": True}),
+    Route("peer revoke", "post", f"{API}/mesh/peers/{{id}}/revoke", a_peer, False, (200,)),
+    Route("peer delete", "delete", f"{API}/mesh/peers/{{id}}", a_peer, False, (204,)),
+]
+
+
+def expected(route: Route, actor: str) -> tuple[int, ...]:
+    if actor == "anonymous":
+        return (401,)
+    if actor.endswith("token") and route.credential:
+        return (403,)
+    if actor == "owner_read_token" and route.writes:
+        return (403,)
+    if actor in ("owner", "owner_read_token", "owner_write_token"):
+        return route.ok
+    if actor == "operator" and not route.credential:
+        return route.ok
+    return (404,)
+
+
+def call(client: Client, route: Route, object_id: int, **extra):
+    path = route.path.format(id=object_id)
+    if route.method in ("post", "patch"):
+        return getattr(client, route.method)(path, route.body or {}, content_type="application/json", **extra)
+    return getattr(client, route.method)(path, **extra)
+
+
+def caller(actor: str, owner: Client) -> tuple[Client, dict]:
+    if actor == "owner":
+        return owner, {}
+    if actor == "other_user":
+        return signed_in_person("Mallory"), {}
+    if actor == "operator":
+        return signed_in_person("Olga Operator", operator=True), {}
+    if actor == "anonymous":
+        return Client(), {}
+    if actor == "other_write_token":
+        return Client(), bearer(create_token(signed_in_person("Mallory"), "mallory", scope="write")["token"])
+    scope = "read" if actor == "owner_read_token" else "write"
+    return Client(), bearer(create_token(owner, f"owner-{scope}", scope=scope)["token"])
+
+
+@pytest.mark.parametrize("actor", ACTORS)
+@pytest.mark.parametrize("route", ROUTES, ids=lambda route: route.name)
+def test_owned_resource_matrix(route, actor):
+    owner = signed_in_person("Olive Owner")
+    object_id = route.make(owner)
+    client, headers = caller(actor, owner)
+    response = call(client, route, object_id, **headers)
+    assert response.status_code in expected(route, actor), (route.name, actor, response.status_code, response.content[:300])
+    if response.status_code == 404:
+        assert b"matrix" not in response.content, "a refusal must not show the object's data"
