@@ -21,6 +21,10 @@ What it measures, each against a floor measured in the same run:
    - noop_ms (informational): the same apply once more on the now-full
      interface; this is what every periodic resync and every single-peer
      change costs on a network of that size.
+   - policy_ms (informational): rendering the isolation policy
+     (`mesh.services.render_gateway_policy`; the peers belong to 20 owners) and
+     `nft_ms` applying it with `mesh.gateway.apply_policy` (`nft -f` inside
+     the gateway's namespace), which every sync does after `wg syncconf`.
    Figures are medians of --repeat runs; ours and floor alternate in order.
 
 2. Propagation (--changes, default 50): from calling the service
@@ -64,7 +68,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from infrasim_site.localredis import redis_answers, start_private_redis  # noqa: E402  (needs ROOT on the path)
-WG_RUN_DIR = Path("/var/run/wireguard")
 TARGET_RENDER_SIZE = 10_000
 TARGET_RENDER_S = 1.0
 TARGET_PROPAGATION_P95_S = 1.0
@@ -111,35 +114,21 @@ class Gateway:
     so `wg <cmd> <ifname>` works from the root namespace."""
 
     def __init__(self, ifname: str, netns: str):
+        from mesh.wireguard_go import WireGuardGo
+
         self.ifname, self.netns = ifname, netns
-        self.sock = WG_RUN_DIR / f"{ifname}.sock"
-        self.process: subprocess.Popen | None = None
+        self.wireguard_go = WireGuardGo(ifname, netns=netns)
+        self.sock = self.wireguard_go.socket
         self.netns_made = False
 
     def start(self) -> None:
-        if self.sock.exists():
-            raise RuntimeError(f"{self.sock} already exists; another run is using {self.ifname}?")
         subprocess.run(["ip", "netns", "add", self.netns], check=True, capture_output=True)
         self.netns_made = True
-        env = {**os.environ, "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1", "LOG_LEVEL": "error"}
-        self.process = subprocess.Popen(
-            ["ip", "netns", "exec", self.netns, "wireguard-go", "-f", self.ifname],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while not self.sock.exists():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("wireguard-go did not create its UAPI socket")
-            time.sleep(0.02)
+        self.wireguard_go.start()
         subprocess.run(["wg", "show", self.ifname], check=True, capture_output=True)
 
     def stop(self) -> None:
-        if self.process is not None:
-            stop_process(self.process)  # `ip netns exec` execs wireguard-go: same pid
-        with contextlib.suppress(FileNotFoundError):
-            self.sock.unlink()
+        self.wireguard_go.stop()
         if self.netns_made:
             subprocess.run(["ip", "netns", "del", self.netns], check=False, capture_output=True)
 
@@ -324,6 +313,14 @@ def bench_size(index: int, n: int, args, gateway: Gateway, owners, workdir: str)
         t = time.perf_counter()
         mesh_gateway.apply(gateway.ifname, ours_cfg)  # identical config: a no-op diff
         noop.append(time.perf_counter() - t)
+    policy_render, nft = [], []
+    for _ in range(args.repeat):
+        t = time.perf_counter()
+        ruleset = services.render_gateway_policy(network)
+        t1 = time.perf_counter()
+        mesh_gateway.apply_policy(ruleset, netns=gateway.netns)
+        nft.append(time.perf_counter() - t1)
+        policy_render.append(t1 - t)
     reset()
     os.unlink(floor_path)
     return {
@@ -337,6 +334,8 @@ def bench_size(index: int, n: int, args, gateway: Gateway, owners, workdir: str)
         "sync_ours_ms": median_ms(sync_ours),
         "sync_floor_ms": median_ms(sync_floor),
         "noop_ms": median_ms(noop),
+        "policy_ms": median_ms(policy_render),
+        "nft_ms": median_ms(nft),
     }
 
 
@@ -429,7 +428,7 @@ def bench_propagation(args, gateway: Gateway, owners, queue: str, workdir: str, 
 
     network = services.network_create(
         actor=None, name="bench-propagation", ipv4_cidr="100.96.0.0/16", ipv6_prefix="fd42:1f5a:7c00::/64",
-        interface=gateway.ifname, gateway_queue=queue,
+        interface=gateway.ifname, gateway_netns=gateway.netns, gateway_queue=queue,
     )  # queues the first sync, which waits for the worker
     bulk_peers(network, owners, args.background_peers, args.psk_fraction, first_host=1000)
     empty = os.path.join(workdir, "empty.conf")
@@ -610,14 +609,16 @@ def main() -> int:
         results = []
         print(f"\n## render + apply (medians of {args.repeat}; syncconf onto an emptied interface)")
         header = (f"{'peers':>7} {'render_ms':>10} {'floor_render_ms':>15} {'ratio':>6} {'syncconf_ms':>12} "
-                  f"{'floor_syncconf_ms':>17} {'ratio':>6} {'noop_ms':>8} | {'query':>7} {'unseal':>7} {'format':>7}")
+                  f"{'floor_syncconf_ms':>17} {'ratio':>6} {'noop_ms':>8} {'policy_ms':>9} {'nft_ms':>7} | "
+                  f"{'query':>7} {'unseal':>7} {'format':>7}")
         print(header)
         for index, n in enumerate(args.sizes, start=1):
             r = bench_size(index, n, args, gateway, owners, workdir)
             results.append(r)
             print(f"{n:>7} {r['render_ms']:>10.2f} {r['floor_render_ms']:>15.2f} "
                   f"{r['render_ms'] / r['floor_render_ms']:>6.1f} {r['sync_ours_ms']:>12.1f} "
-                  f"{r['sync_floor_ms']:>17.1f} {r['sync_ours_ms'] / r['sync_floor_ms']:>6.2f} {r['noop_ms']:>8.1f} | "
+                  f"{r['sync_floor_ms']:>17.1f} {r['sync_ours_ms'] / r['sync_floor_ms']:>6.2f} {r['noop_ms']:>8.1f} "
+                  f"{r['policy_ms']:>9.1f} {r['nft_ms']:>7.1f} | "
                   f"{r['query_ms']:>7.2f} {r['unseal_ms']:>7.2f} {r['format_ms']:>7.2f}", flush=True)
         print("  (query/unseal/format: a breakdown of render_ms, timed separately with the same ORM query)")
 

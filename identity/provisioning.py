@@ -76,8 +76,9 @@ def _taken(handle: str, holder: str) -> Conflict:
 
 
 def identity_claim(*, actor: User, handle: str) -> Identity:
-    """Reserve a handle for the actor: 400 naming the broken rule, 409 when
-    the handle (or a look-alike of it) belongs to somebody else."""
+    """Reserve a handle for the actor and start provisioning it: 400 naming
+    the broken rule, 409 when the handle (or a look-alike of it) belongs to
+    somebody else. Claiming the handle one already holds changes nothing."""
     normalized = _validated(handle)
     existing = Identity.objects.filter(user=actor).first()
     if existing:
@@ -99,13 +100,15 @@ def identity_claim(*, actor: User, handle: str) -> Identity:
                 subject=f"identity:{identity.pk}",
                 payload={"handle": normalized},
             )
+            # In the claim's transaction, so "claimed" precedes "requested"
+            # in the ledger and the first page push already says "pending".
+            identity = identity_start_provisioning(actor=actor)
     except IntegrityError:
         # Lost a race to a parallel claim: the database constraint decided.
         if Identity.objects.filter(user=actor).exists():
             raise Conflict("You already hold a handle.", field="handle", code="already_claimed") from None
         clash = Identity.objects.filter(handle_skeleton=skeleton).values_list("handle", flat=True).first()
         raise _taken(normalized, clash or normalized) from None
-    _push(identity)
     return identity
 
 

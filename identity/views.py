@@ -2,6 +2,7 @@
 (static/identity/passkeys.js) against the JSON API; these views render pages
 and hand form posts to the same services the API uses."""
 
+from datetime import datetime
 from functools import wraps
 
 from django.contrib import messages
@@ -10,11 +11,15 @@ from django.contrib.auth.decorators import login_required
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
+from django.utils.timesince import timesince, timeuntil
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from identity import provisioning, selectors, services
 from identity.forms import ClaimHandleForm, CreateTokenForm
+from identity.models import Identity, ProvisioningStep
+from identity.providers import provider_for
 from identity.sessions import PASSKEY_KEY, passkey_checked_recently, signed_in_with_passkey
 from infrasim_site.errors import ServiceError
 from infrasim_site.http import no_store
@@ -178,12 +183,76 @@ def token_revoke(request, pk: int):
     return redirect("identity:tokens")
 
 
+# What an operator must set for each backend; a step whose backend is
+# missing names them on the card instead of failing mysteriously.
+BACKEND_SETTINGS = {
+    "dns": "DNS_SERVER, DNS_TSIG_KEY_NAME, DNS_TSIG_SECRET and one of DNS_TARGET_A, DNS_TARGET_AAAA, DNS_TARGET_CNAME",
+    "matrix": "MATRIX_HOMESERVER_URL, MATRIX_ADMIN_TOKEN",
+    "s3": "S3_ENDPOINT_URL, S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY",
+}
+NOTICE_KEY = "identity_card_notice"
+IN_PROGRESS = {ProvisioningStep.Status.PENDING, ProvisioningStep.Status.RUNNING, ProvisioningStep.Status.RETRYING}
+UNFINISHED = {ProvisioningStep.Status.FAILED, ProvisioningStep.Status.NOT_CONFIGURED}
+
+
+def _relative(moment) -> str:
+    """Words the card shows for a time; identity_card.js keeps them current."""
+    seconds = (timezone.now() - moment).total_seconds()
+    if abs(seconds) < 60:
+        return "just now"
+    if seconds > 0:
+        return f"{timesince(moment, depth=1)} ago"
+    return f"in {timeuntil(moment, depth=1)}"
+
+
+def _retry(identity: Identity | None, steps: list[ProvisioningStep]) -> dict | None:
+    """The retry button, and why it is disabled while a retry cannot succeed."""
+    if identity is None or identity.status in {Identity.Status.ACTIVE, Identity.Status.CANCELLING}:
+        return None
+    label = "Provision" if identity.status == Identity.Status.RESERVED else "Retry provisioning"
+    if identity.status in {Identity.Status.PENDING, Identity.Status.PROVISIONING} or any(
+        step.status in IN_PROGRESS for step in steps
+    ):
+        return {"label": label, "blocked": "Provisioning is still running; wait for it to finish."}
+    unfinished = [step for step in steps if step.status in UNFINISHED]
+    if unfinished and all(provider_for(step.kind) is None for step in unfinished):
+        names = ", ".join(step.get_kind_display() for step in unfinished)
+        return {"label": label, "blocked": f"Retrying cannot help: {names} not set up on this server yet."}
+    return {"label": label, "blocked": ""}
+
+
 def identity_card_context(request, claim_form=None) -> dict:
+    identity = selectors.identity_for(request.user)
+    steps = list(identity.steps.all()) if identity else []
+    notice = request.session.get(NOTICE_KEY)
     return {
-        "identity": selectors.identity_for(request.user),
+        "identity": identity,
+        "identity_updated": identity and {"at": identity.updated_at, "words": _relative(identity.updated_at)},
+        "steps": [
+            {
+                "step": step,
+                "missing_settings": BACKEND_SETTINGS[step.kind] if step.status == ProvisioningStep.Status.NOT_CONFIGURED else "",
+                "next_attempt": step.next_attempt_at
+                and step.status == ProvisioningStep.Status.RETRYING
+                and {"at": step.next_attempt_at, "words": _relative(step.next_attempt_at)},
+            }
+            for step in steps
+        ],
+        "retry": _retry(identity, steps),
+        "is_operator": request.user.is_staff,
+        "notice": notice and {**notice, "words": _relative(datetime.fromisoformat(notice["at"]))},
         "claim_form": claim_form or ClaimHandleForm(),
         "passkey_count": selectors.passkeys_for(request.user).count(),
     }
+
+
+def _notify(request, text: str | None) -> None:
+    """Keep the outcome of the last card action on the card until the next
+    one, so a live refresh right after it does not wipe the confirmation."""
+    if text:
+        request.session[NOTICE_KEY] = {"text": text, "at": timezone.now().isoformat()}
+    else:
+        request.session.pop(NOTICE_KEY, None)
 
 
 def _identity_card(request, form):
@@ -210,33 +279,47 @@ def identity_card(request):
 @require_POST
 def identity_claim(request):
     form = ClaimHandleForm(request.POST)
+    notice = None
     if form.is_valid():
         try:
-            provisioning.identity_claim(actor=request.user, handle=form.cleaned_data["handle"])
+            identity = provisioning.identity_claim(actor=request.user, handle=form.cleaned_data["handle"])
         except ServiceError as exc:
             form.add_error("handle", exc.message)
+        else:
+            notice = f"Handle {identity.handle} claimed: provisioning queued for {identity.handle}."
+    _notify(request, notice)
     return _identity_card(request, form)
 
 
-def _card_action(request, action):
+def _card_action(request, action, confirmation):
     form = ClaimHandleForm()
+    notice = None
     try:
-        action(actor=request.user)
+        identity = action(actor=request.user)
     except ServiceError as exc:
         form.add_error(None, exc.message)
+    else:
+        notice = confirmation(identity.handle)
+    _notify(request, notice)
     return _identity_card(request, form)
 
 
 @login_required
 @require_POST
 def identity_provision(request):
-    return _card_action(request, provisioning.identity_start_provisioning)
+    return _card_action(
+        request, provisioning.identity_start_provisioning, lambda handle: f"Provisioning queued for {handle}."
+    )
 
 
 @login_required
 @require_POST
 def identity_cancel(request):
-    return _card_action(request, provisioning.identity_cancel)
+    return _card_action(
+        request,
+        provisioning.identity_cancel,
+        lambda handle: f"Handle {handle} given up: its DNS name, Matrix account and bucket are being removed.",
+    )
 
 
 @login_required

@@ -46,3 +46,12 @@ def create_token(client: Client, name: str = "ci", **body) -> dict:
 
 def bearer(token: str) -> dict:
     return {"HTTP_AUTHORIZATION": f"Bearer {token}"}
+
+
+def signed_in_user(client: Client):
+    response = client.get(f"{API}/me")
+    return response.json()["user"] if response.status_code == 200 else None
+
+
+def assert_signed_out(client: Client):
+    assert client.get(f"{API}/me").status_code in (401, 403)

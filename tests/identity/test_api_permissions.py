@@ -19,7 +19,6 @@ from tests.passkey_api import (
     post_json,
     register_options,
     sign_in,
-    sign_up,
 )
 
 pytestmark = pytest.mark.django_db

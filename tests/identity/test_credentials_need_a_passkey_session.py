@@ -13,7 +13,7 @@ from django_otp_webauthn.models import WebAuthnCredential
 from forensics.models import LedgerEntry
 from identity.models import ApiToken, User, UserSession
 from identity.sessions import CHECKED_AT_KEY
-from tests.passkey_api import API, authenticator, bearer, create_token, post_json, register_options, sign_in, sign_up
+from tests.passkey_api import API, authenticator, bearer, create_token, post_json, register_options, sign_in
 
 pytestmark = pytest.mark.django_db
 

@@ -62,21 +62,20 @@ def test_claimed_handle_becomes_a_dns_name_a_matrix_account_and_a_bucket(live, w
         "available": True,
         "checks": {"database": "available", "dns": "available", "matrix": "available", "s3": "available"},
     }
-    assert post_json(client, f"{API}/identity", {"handle": "Grace"}).status_code == 201
-
     headers = {"Cookie": f"sessionid={client.cookies['sessionid'].value}", "Origin": live.url}
 
-    async def provision_and_watch():
+    async def claim_and_watch():
         async with websockets.connect(f"{live.ws_url}/ws/events/", additional_headers=headers) as socket:
             await socket.recv()
-            response = await asyncio.to_thread(post_json, client, f"{API}/identity/provision")
-            assert response.status_code == 202
+            response = await asyncio.to_thread(post_json, client, f"{API}/identity", {"handle": "Grace"})
+            assert response.status_code == 201
+            assert response.json()["status"] == "pending"
             seen = []
             while not seen or seen[-1]["status"] not in {"active", "failed", "incomplete"}:
                 seen.append(json.loads(await asyncio.wait_for(socket.recv(), 30))["data"])
             return seen
 
-    events = asyncio.run(provision_and_watch())
+    events = asyncio.run(claim_and_watch())
     step_states = [{s["kind"]: s["status"] for s in event["steps"]} for event in events]
     for kind in ("dns", "matrix", "s3"):
         assert any(states.get(kind) == "running" for states in step_states), kind
@@ -107,7 +106,6 @@ def test_a_handle_taken_on_every_backend_fails_clearly_and_overwrites_nothing(li
     assert availability["checks"]["dns"] == availability["checks"]["matrix"] == availability["checks"]["s3"] == "taken"
 
     assert post_json(client, f"{API}/identity", {"handle": "squatted"}).status_code == 201
-    assert post_json(client, f"{API}/identity/provision").status_code == 202
     identity = wait_for_status(client, {"failed"})
     by_kind = steps(identity)
     assert "already exists and is not ours" in by_kind["dns"]["last_error"]
@@ -121,10 +119,9 @@ def test_a_handle_taken_on_every_backend_fails_clearly_and_overwrites_nothing(li
 def test_dns_server_down_retries_then_fails_readably_and_succeeds_on_retry(live, worker, backends):
     knot, synapse = backends["knot"], backends["synapse"]
     client = signed_up("Dee Down")
-    assert post_json(client, f"{API}/identity", {"handle": "downtime-dee"}).status_code == 201
     knot.stop()
     try:
-        assert post_json(client, f"{API}/identity/provision").status_code == 202
+        assert post_json(client, f"{API}/identity", {"handle": "downtime-dee"}).status_code == 201
         identity = wait_for_status(client, {"failed"})
     finally:
         knot.start()
@@ -148,7 +145,6 @@ def test_cancelling_removes_what_provisioning_created(live, worker, backends):
     knot, synapse, s3 = backends["knot"], backends["synapse"], backends["s3"]
     client = signed_up("Short Stay")
     assert post_json(client, f"{API}/identity", {"handle": "shortstay"}).status_code == 201
-    assert post_json(client, f"{API}/identity/provision").status_code == 202
     wait_for_status(client, {"active"})
 
     assert post_json(client, f"{API}/identity/cancel").status_code == 202

@@ -19,9 +19,8 @@ def wait_for(predicate, timeout=20.0):
     raise AssertionError("condition not reached in time")
 
 
-def test_provisioning_runs_on_the_worker_and_reports_unconfigured_providers_honestly(live, worker):
+def test_claiming_provisions_on_the_worker_and_reports_unconfigured_providers_honestly(live, worker):
     user = User.objects.create_user(display_name="Dora", signup_state="active")
-    identity_claim(actor=user, handle="dora")
     client = Client()
     client.force_login(user, backend="django_otp_webauthn.backends.WebAuthnBackend")
     headers = {"Cookie": f"sessionid={client.cookies['sessionid'].value}", "Origin": live.url}
@@ -29,7 +28,7 @@ def test_provisioning_runs_on_the_worker_and_reports_unconfigured_providers_hone
     async def watch_events():
         async with websockets.connect(f"{live.ws_url}/ws/events/", additional_headers=headers) as socket:
             assert json.loads(await socket.recv())["kind"] == "hello"
-            await asyncio.to_thread(identity_start_provisioning, actor=user)
+            await asyncio.to_thread(identity_claim, actor=user, handle="dora")
             seen = []
             while not seen or seen[-1]["status"] not in {"active", "incomplete", "failed"}:
                 event = json.loads(await asyncio.wait_for(socket.recv(), 20))

@@ -45,6 +45,7 @@ def test_rungateway_serves_a_peer_that_uses_its_downloaded_config(netns_ready, t
         def sysctls() -> list[str]:
             return [topo.gateway.ns.exec("sysctl", "-n", key).stdout.strip() for key in forwarding]
 
+        topo.gateway.ns.exec("sysctl", "-qw", *(f"{key}=0" for key in forwarding))
         assert sysctls() == ["0", "0"]
         env = {**os.environ, "DATABASE_URL": database.url_for_subprocess(other_network_namespace=True)}
         gateway = topo.gateway.ns.popen(

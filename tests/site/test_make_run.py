@@ -245,3 +245,15 @@ def test_an_existing_network_is_fixed_in_the_admin_not_by_the_variable():
     )
     assert "http://localhost:8080/admin/mesh/meshnetwork/1/change/" in warning
     assert "only when a network is created" in warning
+
+
+@pytest.mark.parametrize("variable, value", [("LOG_LEVEL", "LOUD"), ("INFRASIM_PORT", "http"), ("INFRASIM_ACCESS_LOG", "maybe")])
+def test_a_bad_value_stops_make_run_with_a_message_naming_the_variable(tmp_path, variable, value):
+    env = {key: value for key, value in os.environ.items() if key not in BOOTSTRAP_ONLY}
+    env.update({"INFRASIM_VAR_DIR": str(tmp_path), variable: value})
+    result = subprocess.run(
+        [sys.executable, "-m", "infrasim_site.stack"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"InfraSim cannot start: {variable}:"), result.stderr

@@ -107,6 +107,7 @@ def test_the_browsable_api_carries_the_policy_and_loads_only_same_origin_scripts
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/html")
     assert _policy(response)["script-src"] == "'self'"
+    assert "'unsafe-inline'" not in response["Content-Security-Policy"]
     _assert_only_same_origin_scripts(response)
 
 

@@ -13,8 +13,9 @@
       document.body.dispatchEvent(new CustomEvent(event.kind.replace(/\./g, "-"), { detail: event.data }));
     });
     socket.addEventListener("close", (e) => {
+      // Signed out: nothing to reconnect to, so no "reconnecting" indicator.
+      if (e.code === 4401) { document.body.dataset.events = "signed-out"; return; }
       document.body.dataset.events = "disconnected";
-      if (e.code === 4401) return; // signed out: nothing to reconnect to
       setTimeout(connect, delay);
       delay = Math.min(delay * 2, 30000);
     });
