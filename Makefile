@@ -14,7 +14,7 @@ SYSTEM_PACKAGES := python3-venv python3-dev gcc pkg-config libvirt-dev redis-ser
 TEST_SYSTEM_PACKAGES := chromium iputils-ping knot knot-dnsutils
 PYTEST_ARGS ?=
 
-.PHONY: run test install install-test system-packages test-system-packages clean
+.PHONY: run test test-unit install install-test system-packages test-system-packages clean
 
 run: install
 	$(PY) -m infrasim_site.stack
@@ -22,6 +22,10 @@ run: install
 # pytest exits 5 when it collected no tests; make treats that as the failure it is.
 test: install-test
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The fast tier: pure modules, no database, Redis or servers; seconds.
+test-unit: install-test
+	$(PY) -m pytest tests/unit -q
 
 install: system-packages $(VENV)/.installed
 

@@ -149,7 +149,7 @@ def _bare_peers(user) -> dict:
     from mesh import selectors
     from mesh.models import MeshNetwork
 
-    peers = list(selectors.peers_for(user))
+    peers = list(selectors.peers_for(user).select_related("network"))
     synced = {
         pk: applied >= generation
         for pk, generation, applied in MeshNetwork.objects.filter(pk__in={p.network_id for p in peers}).values_list(
@@ -174,7 +174,7 @@ def _bare_tokens(user) -> dict:
 
     return _page([
         {
-            "id": t.pk, "name": t.name, "prefix": t.prefix, "created_at": _iso(t.created_at),
+            "id": t.pk, "name": t.name, "scope": t.scope, "prefix": t.prefix, "created_at": _iso(t.created_at),
             "expires_at": _iso(t.expires_at), "revoked_at": _iso(t.revoked_at), "last_used_at": _iso(t.last_used_at),
         }
         for t in selectors.api_tokens_for(user)
@@ -200,9 +200,8 @@ def _bare_networks(user) -> dict:
         {
             "id": n.pk, "name": n.name, "ipv4_cidr": n.ipv4_cidr, "ipv6_prefix": n.ipv6_prefix,
             "endpoint": n.endpoint, "listen_port": n.listen_port, "gateway_public_key": n.gateway_public_key,
-            "default_keepalive": n.default_keepalive, "peer_quota": n.peer_quota, "generation": n.generation,
-            "applied_generation": n.applied_generation, "applied_at": _iso(n.applied_at),
-            "last_sync_error": n.last_sync_error,
+            "default_keepalive": n.default_keepalive, "peer_quota": n.peer_quota,
+            "gateway_synced": n.applied_generation >= n.generation,
         }
         for n in selectors.networks()
     ])

@@ -1,5 +1,6 @@
-"""Site-wide HTTP middleware: the Content-Security-Policy on HTML pages, and
-JSON errors for API request bodies Django refuses before DRF sees them."""
+"""Site-wide HTTP middleware: the Content-Security-Policy on HTML pages,
+JSON errors for API request bodies Django refuses before DRF sees them, and
+the marker that keeps the whole middleware chain in one thread under ASGI."""
 
 from __future__ import annotations
 
@@ -82,4 +83,29 @@ class ApiBodyLimitMiddleware:
                     {"detail": f"Request body too large: the limit is {limit} bytes.", "code": "request_too_large"},
                     status=413,
                 )
+        return self.get_response(request)
+
+
+class OneThreadMiddleware:
+    """Last in MIDDLEWARE, and sync-only on purpose: it passes every request
+    straight on.
+
+    Under ASGI Django builds the chain from the inside out and runs every
+    middleware that can be sync in sync mode once one below it is sync-only.
+    Without this marker the innermost ones (htmx, OTP, then Django's own) run
+    in async mode, where each process_request/process_view/process_response
+    hook of a MiddlewareMixin is its own sync_to_async call: about fifteen
+    hand-offs between the event loop and the request's thread per request,
+    which cost more than the view itself (bench/api_load.py). With it, the
+    chain runs in that thread as under WSGI: one hand-off in, one out to
+    resolve the URL, and the view back in the same thread, so database
+    connections and transactions stay where they were."""
+
+    sync_capable = True
+    async_capable = False
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
         return self.get_response(request)

@@ -195,6 +195,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Keep last: it makes the chain above run in one thread under ASGI.
+    "infrasim_site.middleware.OneThreadMiddleware",
 ]
 
 ROOT_URLCONF = "infrasim_site.urls"

@@ -50,10 +50,10 @@ class Shutdown:
             self.supervisor.terminate()
 
 
-def _port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
+def _port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
         try:
-            sock.bind(("127.0.0.1", port))
+            sock.bind((host, port))
         except OSError:
             return False
     return True
@@ -272,6 +272,9 @@ def main() -> int:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
 
     problem = prepare(env)
+    # Checked before starting, or another server's answers would pass for ours.
+    if not problem and not _port_is_free(int(env["INFRASIM_PORT"]), env["INFRASIM_HOST"]):
+        problem = f"INFRASIM_PORT: {env['INFRASIM_HOST']}:{env['INFRASIM_PORT']} is already in use; stop what listens there or choose another port"
     if problem:
         print(f"InfraSim cannot start: {problem}", file=sys.stderr)
         return 2

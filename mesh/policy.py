@@ -58,7 +58,7 @@ def _family(prefix: str) -> str:
 
 def _by_family(addresses: Iterable[str]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {"ip": [], "ip6": []}
-    for address in dict.fromkeys(addresses):  # an element twice in one set is an error to nft
+    for address in dict.fromkeys(addresses):  # a peer both own and shared is listed once
         out["ip6" if ":" in address else "ip"].append(address)
     return out
 

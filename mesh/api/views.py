@@ -126,20 +126,21 @@ class PeerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
 
     @extend_schema(methods=["get"], responses={200: s.PeerShareSerializer(many=True)})
     @extend_schema(methods=["post"], request=s.PeerShareRequest, responses={201: s.PeerShareSerializer})
-    @action(detail=True, methods=["get", "post"], filter_backends=[])
+    @action(detail=True, methods=["get", "post"])
     def shares(self, request, pk=None):
         """Who else's peers may reach this peer; POST shares it with a handle."""
+        peer_id = self.get_object().pk
         if request.method == "GET":
-            shares = services.peer_shares(actor=request.user, peer_id=pk)
+            shares = services.peer_shares(actor=request.user, peer_id=peer_id)
             return Response(s.PeerShareSerializer(shares, many=True).data)
         data = _validated(s.PeerShareRequest, request)
-        share = services.peer_share_create(actor=request.user, peer_id=pk, handle=data["handle"])
+        share = services.peer_share_create(actor=request.user, peer_id=peer_id, handle=data["handle"])
         return Response(s.PeerShareSerializer(share).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=None, responses={204: None})
-    @action(detail=True, methods=["delete"], url_path=r"shares/(?P<handle>[^/]+)", filter_backends=[])
+    @action(detail=True, methods=["delete"], url_path=r"shares/(?P<handle>[^/]+)")
     def unshare(self, request, pk=None, handle=None):
-        services.peer_share_delete(actor=request.user, peer_id=pk, handle=handle)
+        services.peer_share_delete(actor=request.user, peer_id=self.get_object().pk, handle=handle)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -171,7 +172,7 @@ class NetworkViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         return Response(s.NetworkRuleSerializer(rule).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=None, responses={204: None})
-    @action(detail=True, methods=["delete"], url_path=r"rules/(?P<rule_id>[0-9]+)",
+    @action(detail=True, methods=["delete"], url_path=r"rules/(?P<rule_id>[0-9]{1,18})",
             permission_classes=OPERATORS)
     def delete_rule(self, request, pk=None, rule_id=None):
         network = self.get_object()

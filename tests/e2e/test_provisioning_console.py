@@ -7,6 +7,7 @@ from playwright.sync_api import expect
 from identity.models import User
 from tests.e2e.conftest import Browser, orm_access
 from tests.e2e.test_passkeys_in_chromium import sign_up
+from tests.identity.test_worker_killed_mid_step import BlackHoleDns
 
 
 def test_claiming_provisions_the_handle_live_and_a_stale_error_clears_as_the_user_types(browser: Browser, worker, backends):
@@ -61,15 +62,24 @@ def test_unconfigured_backends_name_their_settings_for_operators_and_block_a_use
     expect(page.get_by_test_id("step-s3-setup")).to_contain_text("S3_ENDPOINT_URL, S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY")
 
 
-def test_retry_is_disabled_while_provisioning_runs(browser: Browser):
-    # No worker: the claimed steps stay pending, as while a worker is busy.
-    page = browser.page
-    sign_up(browser, "Pat Pending")
-    page.locator("#id_handle").fill("pat")
-    page.get_by_test_id("claim-handle").click()
-    expect(page.get_by_test_id("identity-status")).to_have_text("provisioning queued")
-    expect(page.get_by_test_id("provision")).to_be_disabled()
-    expect(page.get_by_test_id("retry-blocked")).to_have_text("Provisioning is still running; wait for it to finish.")
+def test_retry_is_disabled_while_provisioning_runs_and_offered_once_it_can_help(browser: Browser, worker, backends, settings):
+    hanging_dns = BlackHoleDns()
+    settings.DNS_PORT = hanging_dns.port
+    try:
+        page = browser.page
+        sign_up(browser, "Pat Pending")
+        page.locator("#id_handle").fill("pat")
+        page.get_by_test_id("claim-handle").click()
+        expect(page.get_by_test_id("step-dns-status")).to_have_text("running", timeout=20_000)
+        expect(page.get_by_test_id("provision")).to_be_disabled()
+        expect(page.get_by_test_id("retry-blocked")).to_have_text("Provisioning is still running; wait for it to finish.")
+
+        expect(page.get_by_test_id("step-dns-status")).to_have_text("failed", timeout=60_000)
+        expect(page.get_by_test_id("step-matrix-status")).to_have_text("succeeded")
+        expect(page.get_by_test_id("provision")).to_be_enabled()
+        expect(page.get_by_test_id("retry-blocked")).to_have_count(0)
+    finally:
+        hanging_dns.close()
 
 
 def test_giving_up_a_handle_names_it_before_and_confirms_after(browser: Browser, worker):

@@ -249,7 +249,7 @@ def test_an_existing_network_is_fixed_in_the_admin_not_by_the_variable():
 
 @pytest.mark.parametrize("variable, value", [("LOG_LEVEL", "LOUD"), ("INFRASIM_PORT", "http"), ("INFRASIM_ACCESS_LOG", "maybe")])
 def test_a_bad_value_stops_make_run_with_a_message_naming_the_variable(tmp_path, variable, value):
-    env = {key: value for key, value in os.environ.items() if key not in BOOTSTRAP_ONLY}
+    env = {key: current for key, current in os.environ.items() if key not in BOOTSTRAP_ONLY}
     env.update({"INFRASIM_VAR_DIR": str(tmp_path), variable: value})
     result = subprocess.run(
         [sys.executable, "-m", "infrasim_site.stack"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
@@ -257,3 +257,18 @@ def test_a_bad_value_stops_make_run_with_a_message_naming_the_variable(tmp_path,
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith(f"InfraSim cannot start: {variable}:"), result.stderr
+
+
+def test_a_port_already_in_use_stops_make_run_before_anything_starts(tmp_path):
+    env = {key: current for key, current in os.environ.items() if key not in BOOTSTRAP_ONLY}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env.update(INFRASIM_VAR_DIR=str(tmp_path), INFRASIM_PORT=str(port))
+        result = subprocess.run(
+            [sys.executable, "-m", "infrasim_site.stack"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
+    assert result.returncode == 2
+    assert f"INFRASIM_PORT: 127.0.0.1:{port} is already in use" in result.stderr
+    assert "redis" not in result.stdout + result.stderr

@@ -6,10 +6,8 @@ from urllib.parse import urlsplit
 
 import pytest
 from django.conf import settings
-from django.http import HttpResponse
 from django.test import Client
 
-from infrasim_site.http import no_store
 from tests.passkey_api import authenticator, sign_up
 
 EXECUTABLE_SCRIPT_TYPES = {"", "text/javascript", "application/javascript", "module"}
@@ -122,9 +120,3 @@ def test_json_api_responses_are_not_given_a_page_policy(signed_in):
     response = signed_in.get("/api/meshnet/me")
     assert response.status_code == 200
     assert "Content-Security-Policy" not in response
-
-
-def test_no_store_keeps_a_secret_out_of_every_cache():
-    response = no_store(HttpResponse("secret"))
-    directives = {d.strip() for d in response["Cache-Control"].split(",")}
-    assert {"no-store", "private"} <= directives
