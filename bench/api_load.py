@@ -12,18 +12,24 @@ loopback ports):
 - ours: `infrasim_site.asgi:application`, our whole stack (Channels router,
   middleware, DRF, bearer tokens, pagination, serializers);
 - bare: the same Django, settings and database, with no middleware and this
-  module as the URL conf: plain sync views that authenticate the bearer token
-  with the same service (`identity.services.api_token_authenticate`), run the
-  same selectors and return the same JSON (checked field for field before the
-  load starts) through JsonResponse.
+  module as the URL conf: plain sync views that find the user the way the
+  API does (the bearer token service `identity.services.api_token_authenticate`,
+  or the session store and `django.contrib.auth.get_user`), run the same
+  selectors and return the same JSON through JsonResponse. Before the load
+  starts, each endpoint's JSON from both is compared and must be equal, so a
+  serializer that gains a field fails the run until the bare view follows.
 
 So the ratio is what our request path adds on top of the work the answer
-needs. Both are driven with `wrk -t2 -c32 -d10s --latency` (ours and bare
-alternate within each run) on GET /api/meshnet/me, /api/meshnet/mesh/peers
-(--peers of the bench user's peers, default 100), /api/meshnet/tokens,
-/api/meshnet/passkeys and /api/meshnet/mesh/networks. Figures are medians of
---runs runs. Targets (for me and mesh/peers): throughput ours/bare >= 0.6 and
-p99 ours/bare <= 2.
+needs. Both are driven with `wrk -t2 -c32 -d10s --latency --timeout 10s`
+(ours and bare alternate within each run) on GET /api/meshnet/me,
+/api/meshnet/mesh/peers (--peers of the bench user's peers, default 100) and
+/api/meshnet/mesh/networks with a bearer token, and /api/meshnet/tokens and
+/api/meshnet/passkeys with a session signed in with a passkey (no token
+reaches credentials). Any non-2xx answer or socket error stops the run.
+Figures are medians of --runs runs; besides requests/s, p50 and p99 it prints
+the server process's CPU time per request, which a busy machine disturbs
+least. Targets (for me and mesh/peers): throughput ours/bare >= 0.6 and p99
+ours/bare <= 2.
 
 Everything lives in a temporary INFRASIM_VAR_DIR (SQLite database, master
 key, secret key) and a private redis-server; both servers, wrk and Redis are
@@ -300,7 +306,9 @@ def start_server(app: list[str], port: int, log: Path, cleanup: contextlib.ExitS
 
 def get_json(port: int, url: str, header: str):
     name, _, value = header.partition(": ")
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{url}", headers={name: value, "Accept": "application/json"})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{url}", headers={name: value, "Accept": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.load(response)
 
@@ -417,8 +425,10 @@ def main() -> int:
 
         db = "PostgreSQL" if args.database_url.startswith(("postgres", "pgsql")) else "SQLite"
         print(f"# API load: wrk -t2 -c32 -d{args.duration}s, medians of {args.runs} run(s), {db}, "
-              f"{args.peers} peers, {os.cpu_count()} CPUs", flush=True)
-        print("# cpu: CPU time of the server process per request (user + system), steadier than the rest on a busy machine")
+              f"{args.peers} peers, {os.cpu_count()} CPUs; ours pid {servers['ours'][1]}, "
+              f"bare pid {servers['bare'][1]} (for py-spy)", flush=True)
+        print("# cpu: CPU time of the server process per request (user + system), "
+              "steadier than the rest on a busy machine")
         print(f"{'endpoint':<14} {'auth':<8}| {'ours rps':>8} {'p50 ms':>7} {'p99 ms':>7} {'cpu ms':>6} "
               f"| {'bare rps':>8} {'p50 ms':>7} {'p99 ms':>7} {'cpu ms':>6} | ratios")
         results = {}

@@ -7,8 +7,8 @@ from forensics.models import LedgerEntry
 class LedgerEntryAdmin(admin.ModelAdmin):
     """Read-only: the database refuses changes to the ledger anyway."""
 
-    list_display = ["id", "recorded_at", "kind", "actor", "subject"]
-    list_filter = ["kind"]
+    list_display = ["id", "recorded_at", "kind", "actor", "subject", "leaf_version"]
+    list_filter = ["kind", "leaf_version"]
     search_fields = ["kind", "actor", "subject"]
 
     def has_add_permission(self, request):

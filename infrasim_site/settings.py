@@ -49,7 +49,6 @@ def _secret_key() -> str:
 
     path = VAR_DIR / "secret_key"
     if not path.exists():
-        VAR_DIR.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(get_random_secret_key())
@@ -227,7 +226,12 @@ DATABASES = {
             f"sqlite:///{VAR_DIR / 'infrasim.sqlite3'}",
             schemes={"sqlite", "postgres", "postgresql", "pgsql"},
         ),
+        # 0 by default: Django's ASGI handler runs each request's sync code in
+        # a thread of its own, so a kept connection is never reused by the web
+        # process, only left open until that thread is collected. Celery
+        # workers do reuse them; health checks replace one the server dropped.
         conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0, minimum=0),
+        conn_health_checks=True,
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":

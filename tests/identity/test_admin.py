@@ -3,6 +3,7 @@ import re
 import pytest
 from django.test import Client
 
+from forensics import ledger
 from forensics.models import LedgerEntry
 from identity.models import Identity, ProvisioningStep, User
 from identity.provisioning import identity_claim
@@ -60,7 +61,7 @@ def test_operator_retries_provisioning_from_the_admin(operator_client):
 
 
 def test_the_ledger_is_read_only_in_the_admin(operator_client):
-    entry = LedgerEntry.objects.create(kind="k", actor="system", subject="s", leaf_hash="00")
+    entry = ledger.record(kind="k", actor="system", subject="s")
     assert operator_client.get(f"/admin/forensics/ledgerentry/{entry.pk}/change/").status_code == 200
     assert operator_client.post(f"/admin/forensics/ledgerentry/{entry.pk}/delete/", {"post": "yes"}).status_code == 403
     assert LedgerEntry.objects.filter(pk=entry.pk).exists()

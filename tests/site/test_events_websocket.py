@@ -95,7 +95,7 @@ def test_websocket_from_our_exact_origin_is_accepted_and_answers_pings(live):
     asyncio.run(scenario())
 
 
-@pytest.mark.parametrize("frame", ["not json", "[1,2]", '"x"', "42", "[" * 5000, '{"kind": NaN}'])
+@pytest.mark.parametrize("frame", ["not json", "[1,2]", '"x"', "42", "", "[" * 5000, '{"kind": NaN}', b"\x00binary"])
 def test_a_frame_that_is_not_a_json_object_closes_the_socket_with_4400(live, server_errors, frame):
     alice = User.objects.create_user(display_name="Alice", signup_state="active")
     headers = {"Cookie": _session_cookie(alice), "Origin": live.url}
