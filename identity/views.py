@@ -12,7 +12,7 @@ from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.timesince import timesince, timeuntil
+from infrasim_site.templatetags.console import relative
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
@@ -195,16 +195,6 @@ IN_PROGRESS = {ProvisioningStep.Status.PENDING, ProvisioningStep.Status.RUNNING,
 UNFINISHED = {ProvisioningStep.Status.FAILED, ProvisioningStep.Status.NOT_CONFIGURED}
 
 
-def _relative(moment) -> str:
-    """Words the card shows for a time; identity_card.js keeps them current."""
-    seconds = (timezone.now() - moment).total_seconds()
-    if abs(seconds) < 60:
-        return "just now"
-    if seconds > 0:
-        return f"{timesince(moment, depth=1)} ago"
-    return f"in {timeuntil(moment, depth=1)}"
-
-
 def _retry(identity: Identity | None, steps: list[ProvisioningStep]) -> dict | None:
     """The retry button, and why it is disabled while a retry cannot succeed."""
     if identity is None or identity.status in {Identity.Status.ACTIVE, Identity.Status.CANCELLING}:
@@ -227,20 +217,20 @@ def identity_card_context(request, claim_form=None) -> dict:
     notice = request.session.get(NOTICE_KEY)
     return {
         "identity": identity,
-        "identity_updated": identity and {"at": identity.updated_at, "words": _relative(identity.updated_at)},
+        "identity_updated": identity and {"at": identity.updated_at, "words": relative(identity.updated_at)},
         "steps": [
             {
                 "step": step,
                 "missing_settings": BACKEND_SETTINGS[step.kind] if step.status == ProvisioningStep.Status.NOT_CONFIGURED else "",
                 "next_attempt": step.next_attempt_at
                 and step.status == ProvisioningStep.Status.RETRYING
-                and {"at": step.next_attempt_at, "words": _relative(step.next_attempt_at)},
+                and {"at": step.next_attempt_at, "words": relative(step.next_attempt_at)},
             }
             for step in steps
         ],
         "retry": _retry(identity, steps),
         "is_operator": request.user.is_staff,
-        "notice": notice and {**notice, "words": _relative(datetime.fromisoformat(notice["at"]))},
+        "notice": notice and {**notice, "words": relative(datetime.fromisoformat(notice["at"]))},
         "claim_form": claim_form or ClaimHandleForm(),
         "passkey_count": selectors.passkeys_for(request.user).count(),
     }

@@ -122,9 +122,20 @@ def test_add_a_second_passkey_and_delete_one_but_never_the_last(browser):
     work_passkeys = browser.credentials()
     assert len(work_passkeys) == 1
 
+    # This session was signed in with that passkey, so it ends too: the
+    # browser lands on the sign-in page (the authenticator holds still, so
+    # autofill cannot sign it straight back in).
+    browser.set_presence(False)
     rows.filter(has=page.locator("input[value='First passkey']")).get_by_test_id("delete-passkey").click()
-    expect(page.get_by_role("status")).to_have_text("Passkey deleted.")
+    expect(page).to_have_url(re.compile(r"/signin/"))
+    expect(page.get_by_role("status")).to_have_text(
+        "“First passkey” was deleted, and every session signed in with it has ended."
+    )
+    browser.set_presence(True)
+    page.get_by_test_id("signin-button").click()
+    expect(page).to_have_url(browser.url("/passkeys/"))
     expect(rows).to_have_count(1)
+    expect(page.get_by_test_id("current-passkey")).to_have_count(1)
     expect(names).to_have_value("Work laptop")
     expect(page.get_by_test_id("delete-passkey")).to_have_count(0)
     expect(rows).to_contain_text("last passkey")
