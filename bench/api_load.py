@@ -138,7 +138,8 @@ def _page(rows: list) -> dict:
 
 
 def _bare_me(user) -> dict:
-    from identity import provisioning, selectors
+    from identity import selectors
+    from identity.serializers import identity_payload
 
     return {
         "user": {
@@ -147,7 +148,7 @@ def _bare_me(user) -> dict:
             "is_operator": user.is_staff,
             "date_joined": _iso(user.date_joined),
         },
-        "identity": provisioning.identity_payload(selectors.identity_for(user)),
+        "identity": identity_payload(selectors.identity_for(user)),
     }
 
 

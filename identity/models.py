@@ -11,6 +11,7 @@ from django.db.models.functions import Lower
 from django.utils import timezone
 
 from infrasim_site.steps import Step
+from infrasim_site.visibility import OwnedQuerySet
 
 
 class UserManager(BaseUserManager):
@@ -147,6 +148,10 @@ class ProvisioningStep(Step):
         return settings.PROVISIONING_BACKOFF_SECONDS
 
 
+class ApiTokenQuerySet(OwnedQuerySet):
+    owner_field = "user"
+
+
 class ApiToken(models.Model):
     """A personal API token. Only a SHA-256 of the secret is kept; the secret
     itself is shown once, when the token is created. Its scope covers
@@ -160,6 +165,7 @@ class ApiToken(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
     name = models.CharField(max_length=64)
     scope = models.CharField(max_length=8, choices=Scope.choices, default=Scope.READ)
+    objects = ApiTokenQuerySet.as_manager()
     prefix = models.CharField(max_length=12, unique=True, help_text="Public part that identifies the token.")
     secret_hash = models.CharField(max_length=64)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -22,6 +22,7 @@ from forensics import ledger
 from identity import handles
 from identity.models import Identity, ProvisioningStep, User
 from identity.providers import provider_for
+from identity.serializers import identity_payload
 from identity.providers.errors import PermanentProviderError, ProviderError, TransientProviderError
 from infrasim_site.errors import Conflict, InvalidInput
 from infrasim_site.events import publish_to_user
@@ -30,29 +31,6 @@ from infrasim_site.steps import Claim
 
 log = logging.getLogger(__name__)
 Step = ProvisioningStep.Status
-
-
-def identity_payload(identity: Identity | None) -> dict | None:
-    if identity is None:
-        return None
-    return {
-        "handle": identity.handle,
-        "subdomain": identity.subdomain,
-        "matrix_id": identity.matrix_id,
-        "bucket": identity.bucket,
-        "status": identity.status,
-        "steps": [
-            {
-                "kind": step.kind,
-                "status": step.status,
-                "attempts": step.attempts,
-                "last_error": step.last_error,
-                "detail": step.detail,
-                "next_attempt_at": step.next_attempt_at.isoformat() if step.next_attempt_at else None,
-            }
-            for step in identity.steps.order_by("kind")
-        ],
-    }
 
 
 def _push(identity: Identity) -> None:

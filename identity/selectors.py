@@ -14,7 +14,8 @@ def passkeys_for(user: User) -> QuerySet[WebAuthnCredential]:
 
 
 def api_tokens_for(user: User) -> QuerySet[ApiToken]:
-    return ApiToken.objects.filter(user=user).order_by("-created_at")
+    # Tokens are credentials: personal, also for operators (who revoke others' in the admin).
+    return ApiToken.objects.owned_by(user).order_by("-created_at")
 
 
 def other_sessions_count(user: User, current_session_key: str | None) -> int:

@@ -346,8 +346,7 @@ def api_token_create(
 
 @transaction.atomic
 def api_token_revoke(*, actor: User, token_id: int) -> ApiToken:
-    scope = ApiToken.objects.all() if actor.is_staff else ApiToken.objects.filter(user=actor)
-    token = scope.select_for_update().filter(pk=token_id).first()
+    token = ApiToken.objects.visible_to(actor).select_for_update().filter(pk=token_id).first()
     if token is None:
         raise NotFound("No such token.")
     if token.revoked_at is None:

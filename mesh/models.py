@@ -38,6 +38,11 @@ class MeshNetwork(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    @property
+    def in_sync(self) -> bool:
+        """The gateway holds every change made so far (e.g. a rotated key)."""
+        return self.applied_generation >= self.generation
+
 
 class PeerQuerySet(OwnedQuerySet):
     pass

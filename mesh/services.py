@@ -716,8 +716,22 @@ def gateway_collect_stats(*, network_id: int) -> int:
             Peer.objects.filter(pk=peer.pk).update(
                 last_handshake_at=stat.last_handshake, rx_bytes=stat.rx_bytes, tx_bytes=stat.tx_bytes
             )
+            # The owner's open console shows handshakes and traffic as they happen.
+            _push(peer)
             updated += 1
     return updated
+
+
+def endpoint_is_loopback(endpoint: str) -> bool:
+    """Whether a config with this Endpoint dials the device itself: such a
+    config works only on the gateway's own host, so the console warns."""
+    host = (endpoint.rpartition(":")[0] or endpoint).strip("[]").lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def gateway_remove_policy(*, network_id: int) -> None:

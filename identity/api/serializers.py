@@ -2,6 +2,7 @@ from django_otp_webauthn.models import WebAuthnCredential
 from rest_framework import serializers
 
 from identity.models import ApiToken, User
+from identity.serializers import IdentitySerializer
 
 
 class RegistrationOptionsRequest(serializers.Serializer):
@@ -64,24 +65,6 @@ class UserSerializer(serializers.ModelSerializer):
     class Meta:
         model = User
         fields = ["account_id", "display_name", "is_operator", "date_joined"]
-
-
-class ProvisioningStepSerializer(serializers.Serializer):
-    kind = serializers.CharField()
-    status = serializers.CharField()
-    attempts = serializers.IntegerField()
-    last_error = serializers.CharField()
-    detail = serializers.CharField()
-    next_attempt_at = serializers.DateTimeField(allow_null=True)
-
-
-class IdentitySerializer(serializers.Serializer):
-    handle = serializers.CharField()
-    subdomain = serializers.CharField()
-    matrix_id = serializers.CharField()
-    bucket = serializers.CharField()
-    status = serializers.CharField()
-    steps = ProvisioningStepSerializer(many=True)
 
 
 class MeSerializer(serializers.Serializer):

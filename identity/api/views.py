@@ -12,6 +12,7 @@ from rest_framework.views import APIView
 
 from identity import provisioning, selectors, services
 from identity.api import serializers as s
+from identity.serializers import identity_payload
 from identity.models import ApiToken
 from identity.permissions import NoTokens, PasskeySession, RecheckRequired
 from identity.sessions import passkey_checked_recently, signed_in_with_passkey, start_session, take
@@ -34,7 +35,7 @@ def _validated_query(serializer_class, request):
 def me_payload(user) -> dict:
     return {
         "user": s.UserSerializer(user).data,
-        "identity": provisioning.identity_payload(selectors.identity_for(user)),
+        "identity": identity_payload(selectors.identity_for(user)),
     }
 
 
@@ -142,7 +143,7 @@ class IdentityView(APIView):
     def post(self, request):
         data = _validated(s.ClaimHandleRequest, request)
         identity = provisioning.identity_claim(actor=request.user, handle=data["handle"])
-        return Response(provisioning.identity_payload(identity), status=status.HTTP_201_CREATED)
+        return Response(identity_payload(identity), status=status.HTTP_201_CREATED)
 
 
 class IdentityProvisionView(APIView):
@@ -150,7 +151,7 @@ class IdentityProvisionView(APIView):
     @extend_schema(request=None, responses={202: s.IdentitySerializer})
     def post(self, request):
         identity = provisioning.identity_start_provisioning(actor=request.user)
-        return Response(provisioning.identity_payload(identity), status=status.HTTP_202_ACCEPTED)
+        return Response(identity_payload(identity), status=status.HTTP_202_ACCEPTED)
 
 
 class IdentityAvailabilityView(APIView):
@@ -169,7 +170,7 @@ class IdentityCancelView(APIView):
     @extend_schema(request=None, responses={202: s.IdentitySerializer})
     def post(self, request):
         identity = provisioning.identity_cancel(actor=request.user)
-        return Response(provisioning.identity_payload(identity), status=status.HTTP_202_ACCEPTED)
+        return Response(identity_payload(identity), status=status.HTTP_202_ACCEPTED)
 
 
 class PasskeyViewSet(

@@ -6,7 +6,7 @@ from mesh.models import MeshNetwork, NetworkRule, Peer, PeerShare
 class NetworkSerializer(serializers.ModelSerializer):
     """What a peer's owner needs to know of a network."""
 
-    gateway_synced = serializers.SerializerMethodField(help_text="The gateway holds every change so far.")
+    gateway_synced = serializers.BooleanField(source="in_sync", read_only=True, help_text="The gateway holds every change so far.")
 
     class Meta:
         model = MeshNetwork
@@ -15,10 +15,6 @@ class NetworkSerializer(serializers.ModelSerializer):
             "default_keepalive", "peer_quota", "gateway_synced",
         ]
         read_only_fields = fields
-
-    def get_gateway_synced(self, network) -> bool:
-        return network.applied_generation >= network.generation
-
 
 class OperatorNetworkSerializer(NetworkSerializer):
     """Operators also see how the gateway is run and how its syncs go."""
@@ -66,10 +62,9 @@ class PeerSerializer(serializers.ModelSerializer):
         # answered bumped the generation after the peer row was loaded.
         cache = self.context.setdefault("gateway_synced", {})
         if peer.network_id not in cache:
-            generation, applied = MeshNetwork.objects.values_list("generation", "applied_generation").get(
+            cache[peer.network_id] = MeshNetwork.objects.only("generation", "applied_generation").get(
                 pk=peer.network_id
-            )
-            cache[peer.network_id] = applied >= generation
+            ).in_sync
         return cache[peer.network_id]
 
 

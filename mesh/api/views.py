@@ -57,6 +57,9 @@ class PeerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
     pagination_class = Pagination
     filter_backends = [DjangoFilterBackend]
     filterset_class = PeerFilterSet
+    # Creating, rotating, revoking and sharing peers each reach the gateway.
+    throttle_scope = "mesh_write"
+    throttle_methods = {"POST", "PUT", "PATCH", "DELETE"}
 
     def get_queryset(self):
         return Peer.objects.visible_to(self.request.user).select_related("network")

@@ -88,3 +88,12 @@ def test_the_origin_mismatch_names_the_setting(address):
     assert response.status_code == 400
     message = response.json()["credential"][0]
     assert "http://localhost:8091" in message and "WEBAUTHN_RP_ORIGIN" in message
+
+
+def test_mesh_writes_are_limited_per_account(alice, rates):
+    rates["mesh_write"] = "2/min"
+    codes = [
+        post_json(alice, f"{API}/mesh/peers", {"name": f"p{n}", "generate_key": True}).status_code for n in range(3)
+    ]
+    assert codes == [201, 201, 429]
+    assert alice.get(f"{API}/mesh/peers").status_code == 200, "reading is not a write"

@@ -46,7 +46,7 @@ class Mesh:
         start = time.monotonic()
         while True:
             network = MeshNetwork.objects.get(pk=self.network.pk)
-            if network.applied_generation >= network.generation:
+            if network.in_sync:
                 self.network = network
                 return time.monotonic() - start
             if time.monotonic() - start > timeout:
