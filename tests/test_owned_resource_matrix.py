@@ -57,6 +57,25 @@ def a_peer(owner: Client) -> int:
     return mesh_services.peer_create(actor=owner.user, name="matrix peer", generate_key=True).peer.pk
 
 
+def _grantee() -> None:
+    from identity.models import Identity, User
+
+    grantee = User.objects.create_user(display_name="Grace Grantee", signup_state=User.SignupState.ACTIVE)
+    Identity.objects.create(user=grantee, handle="grantee", handle_skeleton="grantee")
+
+
+def a_peer_and_a_grantee(owner: Client) -> int:
+    _grantee()
+    return a_peer(owner)
+
+
+def a_shared_peer(owner: Client) -> int:
+    _grantee()
+    peer_id = a_peer(owner)
+    mesh_services.peer_share_create(actor=owner.user, peer_id=peer_id, handle="grantee")
+    return peer_id
+
+
 ROUTES = [
     Route("passkey detail", "get", f"{API}/passkeys/{{id}}", second_passkey, True, (200,)),
     Route("passkey rename", "patch", f"{API}/passkeys/{{id}}", second_passkey, True, (200,), {"name": "renamed"}),
@@ -69,6 +88,9 @@ ROUTES = [
     Route("peer rotate", "post", f"{API}/mesh/peers/{{id}}/rotate", a_peer, False, (200,), {"generate_key": True}),
     Route("peer revoke", "post", f"{API}/mesh/peers/{{id}}/revoke", a_peer, False, (200,)),
     Route("peer delete", "delete", f"{API}/mesh/peers/{{id}}", a_peer, False, (204,)),
+    Route("peer shares", "get", f"{API}/mesh/peers/{{id}}/shares", a_shared_peer, False, (200,)),
+    Route("peer share", "post", f"{API}/mesh/peers/{{id}}/shares", a_peer_and_a_grantee, False, (201,), {"handle": "grantee"}),
+    Route("peer unshare", "delete", f"{API}/mesh/peers/{{id}}/shares/grantee", a_shared_peer, False, (204,)),
 ]
 
 

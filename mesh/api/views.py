@@ -13,6 +13,7 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
+from identity.permissions import PasskeySession
 from infrasim_site.api import Pagination
 from infrasim_site.errors import NotFound
 from mesh import qr, selectors, services
@@ -189,7 +190,10 @@ class GatewayConfigView(APIView):
     """Operators only: the gateway interface's full config (with its private
     key), for setting up a gateway host by hand. Every read is recorded."""
 
-    permission_classes = OPERATORS
+    # The gateway's private key leaves the server here: like any secret
+    # export, only from a passkey session checked within the last 10 minutes.
+    permission_classes = [*OPERATORS, PasskeySession]
+    recent_passkey_actions = {"get"}
 
     @extend_schema(
         parameters=[OpenApiParameter("network", str, description="network name (default network if omitted)")],

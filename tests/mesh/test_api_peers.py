@@ -13,6 +13,7 @@ from mesh import keys
 from mesh.models import AddressLease, MeshNetwork, Peer
 from mesh.services import network_create, peer_create
 from tests.concurrency import race
+from tests.people import signed_in_person
 
 API = "/api/meshnet/mesh"
 BACKEND = "django_otp_webauthn.backends.WebAuthnBackend"
@@ -39,8 +40,14 @@ def bob(db):
 
 
 @pytest.fixture()
-def operator(db):
-    return User.objects.create_user(display_name="Olga", is_staff=True, is_superuser=True, signup_state="active")
+def operator_session(db):
+    """An operator's browser, signed in with a passkey (secrets need one)."""
+    return signed_in_person("Olga", operator=True)
+
+
+@pytest.fixture()
+def operator(operator_session):
+    return operator_session.user
 
 
 def wg_pubkey(private_key: str) -> str:
@@ -196,13 +203,13 @@ def test_networks_that_overlap_or_are_malformed_are_refused(operator, body, fiel
     assert not MeshNetwork.objects.filter(name=body["name"]).exists()
 
 
-def test_only_operators_create_networks_and_read_the_gateway_config(alice, operator):
+def test_only_operators_create_networks_and_read_the_gateway_config(alice, operator, operator_session):
     body = {"name": "ops", "ipv4_cidr": "100.99.0.0/24", "ipv6_prefix": "fd13::/64"}
     assert post(client_for(alice), "networks", body).status_code == 403
     assert client_for(alice).get(f"{API}/gateway/config").status_code == 403
     assert post(client_for(operator), "networks", body).status_code == 201
     post(client_for(alice), "peers", {"name": "gw-peer", "generate_key": True, "network": "ops"})
-    config = client_for(operator).get(f"{API}/gateway/config", {"network": "ops"}).content.decode()
+    config = operator_session.get(f"{API}/gateway/config", {"network": "ops"}).content.decode()
     assert config.startswith("[Interface]\nPrivateKey = ") and config.count("[Peer]") == 1
 
 
@@ -262,24 +269,25 @@ def test_users_see_no_gateway_internals_and_operators_do(alice, operator):
     assert theirs["last_sync_error"].startswith("wg:")
 
 
-def test_reading_on_a_fresh_database_creates_nothing(alice, operator):
+def test_reading_on_a_fresh_database_creates_nothing(alice, operator, operator_session):
     from forensics.models import LedgerEntry
 
+    events_before = LedgerEntry.objects.count()  # the operator's sign-up
     assert client_for(alice).get(f"{API}/networks").json()["results"] == []
     assert client_for(alice).get(f"{API}/peers").json()["results"] == []
     assert client_for(alice).get("/mesh/card").status_code == 200
-    assert client_for(operator).get(f"{API}/gateway/config").status_code == 404
-    assert not MeshNetwork.objects.exists() and not LedgerEntry.objects.exists()
+    assert operator_session.get(f"{API}/gateway/config").status_code == 404
+    assert not MeshNetwork.objects.exists() and LedgerEntry.objects.count() == events_before
 
 
-def test_responses_with_keys_or_configs_are_never_cached(alice, operator):
+def test_responses_with_keys_or_configs_are_never_cached(alice, operator, operator_session):
     client = client_for(alice)
     created = post(client, "peers", {"name": "My Laptop", "generate_key": True})
     peer = created.json()
     rotated = post(client, f"peers/{peer['id']}/rotate", {"generate_key": True})
     config = client.get(f"{API}/peers/{peer['id']}/config")
     qr = client.get(f"{API}/peers/{peer['id']}/config", {"format": "qr"})
-    gateway = client_for(operator).get(f"{API}/gateway/config")
+    gateway = operator_session.get(f"{API}/gateway/config")
     for response in (created, rotated, config, qr, gateway):
         assert response.status_code in (200, 201), response.content
         directives = {d.strip() for d in response["Cache-Control"].split(",")}
@@ -287,12 +295,12 @@ def test_responses_with_keys_or_configs_are_never_cached(alice, operator):
     assert config["Content-Disposition"] == 'attachment; filename="infrasim-my-laptop.conf"'
 
 
-def test_the_gateway_config_read_is_recorded_in_the_ledger(operator):
+def test_the_gateway_config_read_is_recorded_in_the_ledger(operator, operator_session):
     from forensics.models import LedgerEntry
 
     post(client_for(operator), "peers", {"name": "p", "generate_key": True})
     network = MeshNetwork.objects.get()
-    assert client_for(operator).get(f"{API}/gateway/config").status_code == 200
+    assert operator_session.get(f"{API}/gateway/config").status_code == 200
     entry = LedgerEntry.objects.get(kind="mesh.gateway.config_read")
     assert entry.subject == f"mesh_network:{network.pk}" and entry.actor == f"operator:{operator.pk}"
 
@@ -315,3 +323,20 @@ def test_the_peer_list_filters_by_status_and_network(alice, operator):
     assert names(network="default", include_ended="1") == [kept["name"], gone["name"]]
     bad = client.get(f"{API}/peers", {"status": "sleeping"})
     assert bad.status_code == 400 and "status" in bad.json()
+
+
+def test_reading_the_gateway_key_needs_a_recent_passkey_check(operator, operator_session):
+    from identity.sessions import CHECKED_AT_KEY
+    from tests.passkey_api import bearer, create_token, sign_in
+
+    post(client_for(operator), "peers", {"name": "p", "generate_key": True})
+    assert client_for(operator).get(f"{API}/gateway/config").status_code == 403, "a session without a passkey"
+    token = create_token(operator_session, "ops", scope="write")["token"]
+    assert Client().get(f"{API}/gateway/config", **bearer(token)).status_code == 403, "no token exports secrets"
+    session = operator_session.session
+    session[CHECKED_AT_KEY] -= 11 * 60
+    session.save()
+    stale = operator_session.get(f"{API}/gateway/config")
+    assert stale.status_code == 403 and stale.json()["code"] == "passkey_recheck_required"
+    assert sign_in(operator_session, operator_session.device).status_code == 200
+    assert operator_session.get(f"{API}/gateway/config").status_code == 200

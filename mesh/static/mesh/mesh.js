@@ -49,30 +49,62 @@
     return config.replace(/^# PrivateKey = .*$/m, "PrivateKey = " + privateKey);
   }
 
-  function showSecret(config, qrDataUri) {
-    const box = document.getElementById("peer-secret");
-    box.querySelector("textarea").value = config;
-    const link = box.querySelector("a");
-    link.href = "data:text/plain;charset=utf-8," + encodeURIComponent(config);
-    const img = box.querySelector("img");
-    img.hidden = !qrDataUri;
-    if (qrDataUri) img.src = qrDataUri;
-    box.hidden = false;
+  // The one-time secret of the last create or rotate: {peerId, title, config, qr}.
+  // The card is re-rendered by every live refresh, so it is kept here and put
+  // back under its peer's row after each swap; the next action or a reload
+  // drops it.
+  let secret = null;
+
+  function placeSecret() {
+    document.querySelectorAll("#mesh-card .secret-row").forEach((row) => {
+      if (!secret || row.dataset.secretOf !== String(secret.peerId)) row.remove();
+    });
+    if (!secret) return;
+    const peerRow = document.querySelector('#mesh-card tr[data-peer-id="' + secret.peerId + '"]');
+    const template = document.getElementById("peer-secret-template");
+    if (!peerRow || !template || document.querySelector("#mesh-card .secret-row")) return;
+    const row = template.content.firstElementChild.cloneNode(true);
+    row.dataset.secretOf = String(secret.peerId);
+    row.querySelector("[data-slot=title]").textContent = secret.title;
+    row.querySelector("textarea").value = secret.config;
+    const link = row.querySelector("a");
+    link.download = peerRow.dataset.filename;
+    link.href = "data:text/plain;charset=utf-8," + encodeURIComponent(secret.config);
+    // Only a config that carries its private key is worth scanning.
+    const img = row.querySelector("img");
+    img.hidden = !secret.qr;
+    if (secret.qr) img.src = secret.qr;
+    peerRow.after(row);
+  }
+
+  function say(level, message) {
+    const status = document.getElementById("mesh-status");
+    const error = document.getElementById("mesh-error");
+    status.hidden = level !== "ok";
+    error.hidden = level !== "error";
+    (level === "ok" ? status : error).textContent = message;
+  }
+
+  // A new action starts: what the previous one showed, its secret included, goes.
+  function startAction() {
+    secret = null;
+    placeSecret();
+    document.getElementById("mesh-status").hidden = true;
+    document.getElementById("mesh-error").hidden = true;
   }
 
   function showError(err) {
-    const box = document.getElementById("mesh-error");
-    box.textContent = err.message || String(err);
-    box.hidden = false;
+    say("error", err.message || String(err));
   }
 
   // The events socket also refreshes the card; this covers a page whose
   // socket is reconnecting.
   function refreshCard() {
-    return htmx.ajax("GET", "/mesh/card", { target: "#mesh-slot", swap: "innerHTML" });
+    return htmx.ajax("GET", "/mesh/card", { target: "#mesh-slot", swap: "innerHTML" }).then(placeSecret);
   }
 
   async function createPeer(form) {
+    startAction();
     const mode = form.elements.key_mode.value;
     const body = { name: form.elements.name.value, preshared_key: form.elements.preshared_key.checked };
     if (form.elements.expires_at.value) body.expires_at = new Date(form.elements.expires_at.value).toISOString();
@@ -86,36 +118,64 @@
       body.generate_key = true;
     }
     const peer = await api("POST", "peers", body);
+    const title = "The config of “" + peer.name + "”, with its private key.";
     if (peer.config) {
-      showSecret(peer.config, peer.qr);
+      secret = { peerId: peer.id, title: title, config: peer.config, qr: peer.qr };
     } else if (keys) {
       const config = withPrivateKey(await api("GET", "peers/" + peer.id + "/config"), keys.privateKey);
-      showSecret(config, null);
+      secret = { peerId: peer.id, title: title, config: config, qr: null };
     }
+    form.reset();
+    say("ok", "Peer “" + peer.name + "” created: " + peer.ipv4 + ", " + peer.ipv6 + "." +
+      (secret ? "" : " Download its config and put your private key in it."));
     await refreshCard();
   }
 
   async function rotatePeer(button) {
+    startAction();
     const body = {};
     const keys = (await canMakeKeys()) ? await browserKeyPair() : null;
     if (keys) body.public_key = keys.publicKey;
     else body.generate_key = true;
     const peer = await api("POST", "peers/" + button.dataset.rotate + "/rotate", body);
     const config = peer.config || withPrivateKey(await api("GET", "peers/" + peer.id + "/config"), keys.privateKey);
-    showSecret(config, peer.qr);
+    secret = { peerId: peer.id, title: "The new config of “" + peer.name + "”, with its private key.", config: config, qr: peer.qr };
+    say("ok", "Peer “" + peer.name + "” has a new key (#" + peer.key_epoch + "); its old key no longer works.");
     await refreshCard();
   }
 
   document.addEventListener("submit", (event) => {
-    if (event.target.id !== "add-peer-form") return;
+    const form = event.target;
+    if (!form.closest || !form.closest("#mesh-card")) return;
+    if (form.id !== "add-peer-form") {
+      startAction(); // a revoke: the server names the outcome in a mesh-notice event
+      return;
+    }
     event.preventDefault();
-    createPeer(event.target).catch(showError);
+    createPeer(form).catch(showError);
   });
 
   document.addEventListener("click", (event) => {
     const button = event.target.closest("[data-rotate]");
     if (!button) return;
-    if (!window.confirm("Rotate the key of " + button.dataset.name + "? The old key stops working at once.")) return;
+    if (!window.confirm("Rotate the key of the peer “" + button.dataset.name + "”? Its old key stops working at once.")) return;
     rotatePeer(button).catch(showError);
   });
+
+  document.addEventListener("mesh-notice", (event) => say(event.detail.level, event.detail.message));
+
+  document.addEventListener("htmx:afterSwap", (event) => {
+    if (event.detail.target && event.detail.target.id === "mesh-slot") placeSecret();
+  });
+
+  // Events sent while the socket was down are lost: catch up once it is back.
+  let wasDisconnected = false;
+  new MutationObserver(() => {
+    const state = document.body.dataset.events;
+    if (state === "disconnected") wasDisconnected = true;
+    else if (state === "connected" && wasDisconnected && document.getElementById("mesh-slot")) {
+      wasDisconnected = false;
+      refreshCard();
+    }
+  }).observe(document.body, { attributes: true, attributeFilter: ["data-events"] });
 })();
