@@ -22,9 +22,10 @@ class IdentitySerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
     def get_steps(self, identity) -> list[dict]:
-        # Fresh from the database: a worker may have moved a step since the
-        # identity (and any prefetched steps) were loaded.
-        return ProvisioningStepSerializer(identity.steps.order_by("kind"), many=True).data
+        # Uses the steps prefetched with the identity (identity_for does), and
+        # sorts here so that the prefetch serves; refresh_from_db drops it.
+        steps = sorted(identity.steps.all(), key=lambda step: step.kind)
+        return ProvisioningStepSerializer(steps, many=True).data
 
 
 def identity_payload(identity: Identity | None) -> dict | None:

@@ -25,4 +25,4 @@ class PeerFilterSet(django_filters.FilterSet):
         # A list shows working peers unless asked for ended ones (or a status).
         if data.get("include_ended") is None and not data.get("status"):
             queryset = queryset.filter(status=Peer.Status.ACTIVE)
-        return super().filter_queryset(queryset).select_related("network").order_by("created_at")
+        return super().filter_queryset(queryset).order_by("created_at")

@@ -39,7 +39,7 @@ class NetworkCreateRequest(serializers.Serializer):
 
 
 class PeerSerializer(serializers.ModelSerializer):
-    network = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    network = serializers.SerializerMethodField(help_text="The network's name.")
     has_preshared_key = serializers.SerializerMethodField()
     gateway_synced = serializers.SerializerMethodField(
         help_text="The gateway holds every change so far (e.g. a rotated key): switch the device now."
@@ -57,15 +57,22 @@ class PeerSerializer(serializers.ModelSerializer):
     def get_has_preshared_key(self, peer) -> bool:
         return bool(peer.preshared_key_sealed)
 
-    def get_gateway_synced(self, peer) -> bool:
-        # Read fresh (once per network and response): the change being
-        # answered bumped the generation after the peer row was loaded.
-        cache = self.context.setdefault("gateway_synced", {})
+    def _network(self, peer) -> MeshNetwork:
+        # Loaded once per network and response, not joined into every peer
+        # row (a list of 100 peers built 100 network objects), and fresh: the
+        # change being answered bumped the generation after the peer was loaded.
+        cache = self.context.setdefault("networks", {})
         if peer.network_id not in cache:
-            cache[peer.network_id] = MeshNetwork.objects.only("generation", "applied_generation").get(
+            cache[peer.network_id] = MeshNetwork.objects.only("name", "generation", "applied_generation").get(
                 pk=peer.network_id
-            ).in_sync
+            )
         return cache[peer.network_id]
+
+    def get_network(self, peer) -> str:
+        return self._network(peer).name
+
+    def get_gateway_synced(self, peer) -> bool:
+        return self._network(peer).in_sync
 
 
 class PeerCreateRequest(serializers.Serializer):

@@ -63,7 +63,7 @@ class PeerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
     throttle_methods = {"POST", "PUT", "PATCH", "DELETE"}
 
     def get_queryset(self):
-        return Peer.objects.visible_to(self.request.user).select_related("network")
+        return Peer.objects.visible_to(self.request.user)
 
     def filter_queryset(self, queryset):
         # The filter shapes the list; a peer's own URL finds it whatever its status.
