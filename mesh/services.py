@@ -716,6 +716,8 @@ def gateway_collect_stats(*, network_id: int) -> int:
             Peer.objects.filter(pk=peer.pk).update(
                 last_handshake_at=stat.last_handshake, rx_bytes=stat.rx_bytes, tx_bytes=stat.tx_bytes
             )
+            # The owner's open console shows handshakes and traffic as they happen.
+            _push(peer)
             updated += 1
     return updated
 

@@ -228,6 +228,8 @@ def test_handshakes_and_traffic_show_up_live_from_the_gateway(browser: Browser, 
     network, conf = off_the_page_loop(mesh_with_a_peer)
     expect(page.get_by_test_id("peer-row")).to_have_count(1)
     expect(page.get_by_test_id("peer-handshake")).to_have_text("never")
+    # In sync, the card stops looking again by itself: only a pushed event refreshes it now.
+    expect(page.get_by_test_id("gateway-state")).to_have_text("gateway in sync")
     page.evaluate("window.notReloaded = true")
 
     node = topology.add_peer()
