@@ -13,7 +13,8 @@ from django.conf import settings
 from tests.bootstrap import LIVE_SERVER_PORT
 
 # Session fixtures for the real provisioning servers: knot, synapse, s3.
-pytest_plugins = ["tests.servers", "tests.people"]
+# Shared fixtures: real provisioning servers, people, Chromium, WireGuard namespaces.
+pytest_plugins = ["tests.servers", "tests.people", "tests.browser", "tests.wireguard"]
 
 
 class LiveServer:

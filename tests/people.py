@@ -1,13 +1,15 @@
 """Shared people for the suite (a pytest plugin, see tests/conftest.py):
-alice and bob, signed-in browser sessions with one passkey each, and an
-operator. Each is a django.test.Client carrying its authenticator and ids."""
+alice and bob, signed-in browser sessions with one passkey each, an
+operator (each a django.test.Client carrying its authenticator and ids),
+and lighter factories without a passkey ceremony (`person`, `client_for`)."""
 
 from __future__ import annotations
 
 import pytest
 from django.test import Client
 
-from identity.models import User
+from identity.handles import skeleton
+from identity.models import Identity, User
 from tests.passkey_api import authenticator, sign_up
 
 
@@ -23,6 +25,25 @@ def signed_in_person(display_name: str, *, operator: bool = False) -> Client:
     if operator:
         User.objects.filter(pk=client.user.pk).update(is_staff=True, is_superuser=True)
         client.user.refresh_from_db()
+    return client
+
+
+# Lighter people, without a passkey ceremony: an account with a claimed
+# handle, and a session forced on it (reaches resources, never credentials).
+BACKEND = "django_otp_webauthn.backends.WebAuthnBackend"
+
+
+def person(handle: str, *, operator: bool = False) -> User:
+    user = User.objects.create_user(
+        display_name=handle.title(), signup_state="active", is_staff=operator, is_superuser=operator
+    )
+    Identity.objects.create(user=user, handle=handle, handle_skeleton=skeleton(handle), status="active")
+    return user
+
+
+def client_for(user) -> Client:
+    client = Client()
+    client.force_login(user, backend=BACKEND)
     return client
 
 

@@ -22,7 +22,7 @@ from django.test import Client
 
 from mesh import services as mesh_services
 from tests.passkey_api import API, authenticator, bearer, create_token, register_options, post_json
-from tests.people import signed_in_person
+from tests.people import person, signed_in_person
 
 pytestmark = pytest.mark.django_db
 
@@ -58,10 +58,7 @@ def a_peer(owner: Client) -> int:
 
 
 def _grantee() -> None:
-    from identity.models import Identity, User
-
-    grantee = User.objects.create_user(display_name="Grace Grantee", signup_state=User.SignupState.ACTIVE)
-    Identity.objects.create(user=grantee, handle="grantee", handle_skeleton="grantee")
+    person("grantee")
 
 
 def a_peer_and_a_grantee(owner: Client) -> int:

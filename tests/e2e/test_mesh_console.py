@@ -15,9 +15,8 @@ from playwright.sync_api import expect
 
 from mesh import services
 from mesh.models import MeshNetwork, Peer
-from tests.e2e.conftest import Browser, orm_access
+from tests.browser import Browser, orm_access
 from tests.e2e.test_passkeys_in_chromium import sign_up
-from tests.mesh.conftest import netns_ready, topology  # noqa: F401  (real WireGuard fixtures)
 
 
 def off_the_page_loop(fn):

@@ -20,7 +20,7 @@ from django_otp_webauthn.models import WebAuthnCredential
 from playwright.sync_api import Page, expect
 
 from identity.models import Identity, User
-from tests.e2e.conftest import Browser, orm_access
+from tests.browser import Browser, orm_access
 
 
 def sign_up(browser: Browser, name: str) -> None:

@@ -5,7 +5,7 @@ steps, which turn green without a reload, pushed over the events WebSocket."""
 from playwright.sync_api import expect
 
 from identity.models import User
-from tests.e2e.conftest import Browser, orm_access
+from tests.browser import Browser, orm_access
 from tests.e2e.test_passkeys_in_chromium import sign_up
 from tests.identity.test_worker_killed_mid_step import BlackHoleDns
 

@@ -13,16 +13,10 @@ from mesh import keys
 from mesh.models import AddressLease, MeshNetwork, Peer
 from mesh.services import network_create, peer_create
 from tests.concurrency import race
-from tests.people import signed_in_person
+from tests.people import client_for, signed_in_person
 
 API = "/api/meshnet/mesh"
 BACKEND = "django_otp_webauthn.backends.WebAuthnBackend"
-
-
-def client_for(user) -> Client:
-    client = Client()
-    client.force_login(user, backend=BACKEND)
-    return client
 
 
 def post(client, path, data=None):

@@ -4,7 +4,7 @@ import pytest
 
 from forensics.models import LedgerEntry
 from mesh.models import MeshNetwork, PeerShare
-from tests.mesh.people import client_for, person
+from tests.people import client_for, person
 
 API = "/api/meshnet/mesh"
 

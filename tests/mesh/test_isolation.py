@@ -12,7 +12,7 @@ import time
 
 from mesh import services
 from mesh.models import MeshNetwork
-from tests.mesh.people import person
+from tests.people import person
 from tests.mesh.test_tunnels import Up, stopped_at
 
 PING_INTERVAL = 0.05

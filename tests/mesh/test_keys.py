@@ -45,7 +45,7 @@ def test_real_public_keys_are_still_accepted():
 
 
 def test_the_api_refuses_a_low_order_key_naming_public_key(db):
-    from tests.mesh.people import client_for, person
+    from tests.people import client_for, person
 
     response = client_for(person("lowkey")).post(
         "/api/meshnet/mesh/peers", {"name": "x", "public_key": encode(1)}, content_type="application/json"

@@ -3,11 +3,11 @@ under the Content-Security-Policy, without a single violation."""
 
 from playwright.sync_api import expect
 
-from tests.e2e.conftest import Browser, browser  # noqa: F401  (the fixture)
+from tests.browser import Browser
 from tests.e2e.test_passkeys_in_chromium import sign_up
 
 
-def test_no_page_trips_the_content_security_policy(browser: Browser):  # noqa: F811
+def test_no_page_trips_the_content_security_policy(browser: Browser):
     page = browser.page
     violations = []
     page.on("console", lambda msg: violations.append((page.url, msg.location, msg.text[-60:])) if "Content Security Policy" in msg.text else None)
