@@ -27,7 +27,7 @@ from identity.providers.errors import PermanentProviderError, ProviderError, Tra
 from infrasim_site.errors import Conflict, InvalidInput
 from infrasim_site.events import publish_to_user
 from infrasim_site.queueing import enqueue_on_commit
-from infrasim_site.steps import Claim
+from infrasim_site.steps import Claim, retry_later
 
 log = logging.getLogger(__name__)
 Step = ProvisioningStep.Status
@@ -227,18 +227,28 @@ def identity_cancel(*, actor: User, requested_by: User | None = None) -> Identit
     return identity
 
 
-def identity_deprovision(*, identity_id: int, attempt: int = 1) -> int | None:
+def identity_deprovision(*, identity_id: int, attempt: int = 1) -> float | None:
     """Worker side of a cancel: undo each step that may have created
     something (backends only remove what carries InfraSim's mark), then delete
-    the identity. Returns seconds until a retry when a backend was unreachable."""
+    the identity. When a backend was unreachable it queues itself again and
+    returns the delay."""
     identity = Identity.objects.select_related("user").filter(pk=identity_id, status=Identity.Status.CANCELLING).first()
     if identity is None:
         return None
-    backoff = settings.PROVISIONING_BACKOFF_SECONDS * 2 ** (attempt - 1)
-    if identity.steps.filter(status=Step.RUNNING).exists() and attempt < settings.PROVISIONING_MAX_ATTEMPTS:
+
+    def again(minimum: float = 0) -> float | None:
+        return retry_later(
+            "identity.tasks.deprovision_identity", (identity_id,), attempt=attempt, minimum=minimum,
+            base=settings.PROVISIONING_BACKOFF_SECONDS, max_attempts=settings.PROVISIONING_MAX_ATTEMPTS,
+        )
+
+    if identity.steps.filter(status=Step.RUNNING).exists():
         # A backend call is in flight; undoing now could miss what it is
-        # about to create. Come back when it has finished.
-        return max(backoff, 1)
+        # about to create. Come back when it has finished (or, once the
+        # attempts are spent, undo what is there).
+        delay = again(minimum=1)
+        if delay is not None:
+            return delay
     results, retry = {}, False
     for step in identity.steps.exclude(status__in=[Step.NOT_CONFIGURED, Step.REMOVED]):
         provider = provider_for(step.kind)
@@ -256,9 +266,11 @@ def identity_deprovision(*, identity_id: int, attempt: int = 1) -> int | None:
         except PermanentProviderError as exc:
             results[step.kind] = f"failed: {exc}"
         ProvisioningStep.objects.filter(pk=step.pk).update(status=Step.REMOVED, detail=results[step.kind][:300])
-    if retry and attempt < settings.PROVISIONING_MAX_ATTEMPTS:
-        _push(identity)
-        return backoff
+    if retry:
+        delay = again()
+        if delay is not None:
+            _push(identity)
+            return delay
     with transaction.atomic():
         ledger.record(
             kind="identity.cancelled",

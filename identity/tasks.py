@@ -13,9 +13,7 @@ def provision_step(step_id: int) -> str | None:
 
 @shared_task(name="identity.tasks.deprovision_identity", acks_late=True)
 def deprovision_identity(identity_id: int, attempt: int = 1) -> None:
-    retry_in = provisioning.identity_deprovision(identity_id=identity_id, attempt=attempt)
-    if retry_in is not None:
-        deprovision_identity.apply_async((identity_id, attempt + 1), countdown=retry_in)
+    provisioning.identity_deprovision(identity_id=identity_id, attempt=attempt)
 
 
 @shared_task(name="identity.tasks.purge_abandoned_signups")

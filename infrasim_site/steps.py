@@ -7,7 +7,8 @@ Celery task, named by `task_name` and given the row's id, runs it. The task
 claims the row with a conditional update, so two deliveries never run it at
 once; a transient error puts it back to RETRYING with exponential backoff
 until `max_attempts` is spent; this class is the only place that schedules
-retries. Under acks_late a worker that died leaves its row RUNNING and the
+retries (and `retry_later` applies the same policy to work that is not a
+step row). Under acks_late a worker that died leaves its row RUNNING and the
 broker redelivers the task; `claim` reports that as a redelivery, and since
 every step is idempotent it is simply run again.
 """
@@ -36,6 +37,29 @@ class Claim(Enum):
     CLAIMED = "claimed"  # this delivery owns the step now
     REDELIVERED = "redelivered"  # RUNNING already: its worker died, run it again
     NOT_OURS = "not_ours"  # finished, cancelled or gone: nothing to do
+
+
+def backoff_delay(attempt: int, *, base: float, max_attempts: int, cap: float | None = None) -> float | None:
+    """Seconds before attempt `attempt + 1` (base x 2^(attempt-1), at most
+    `cap`), or None once `max_attempts` are spent. The one retry policy."""
+    if attempt >= max_attempts:
+        return None
+    delay = base * 2 ** (attempt - 1)
+    return min(delay, cap) if cap is not None else delay
+
+
+def retry_later(
+    task_name: str, args: tuple, kwargs: dict | None = None, *, attempt: int, base: float, max_attempts: int,
+    cap: float | None = None, minimum: float = 0, queue: str | None = None,
+) -> float | None:
+    """For work that is not a step row (undoing a handle, syncing a gateway):
+    queue `task_name` again with attempt + 1 after the backoff. Returns the
+    delay, or None once the attempts are spent."""
+    delay = backoff_delay(attempt, base=base, max_attempts=max_attempts, cap=cap)
+    if delay is not None:
+        delay = max(delay, minimum)
+        enqueue_on_commit(task_name, args, {**(kwargs or {}), "attempt": attempt + 1}, queue=queue, countdown=delay)
+    return delay
 
 
 CLAIMABLE = (StepStatus.PENDING, StepStatus.RETRYING)
@@ -88,9 +112,7 @@ class Step(models.Model):
     def retry_delay(self) -> float | None:
         """Seconds until the next attempt after a transient error, or None
         when the attempts are spent: backoff x 2^(attempt-1)."""
-        if self.attempts >= self.max_attempts():
-            return None
-        return self.backoff_seconds() * 2 ** (self.attempts - 1)
+        return backoff_delay(self.attempts, base=self.backoff_seconds(), max_attempts=self.max_attempts())
 
     def settle(self, *, status: str, error: str = "", retry_in: float | None = None, **fields) -> None:
         """Record an attempt's outcome (inside the caller's transaction) and,

@@ -27,6 +27,7 @@ from identity.models import Identity, User
 from infrasim_site.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from infrasim_site.events import publish_to_user
 from infrasim_site.queueing import enqueue_on_commit
+from infrasim_site.steps import retry_later
 from infrasim_site.sealing import seal, unseal
 from infrasim_site.text import clean_name
 from mesh import gateway, ipam, keys, policy, wgconf
@@ -661,6 +662,25 @@ def gateway_config_read(*, actor: User, network_id: int) -> str:
         payload={},
     )
     return render_gateway_config(network)
+
+
+# A gateway that cannot be reached (wireguard-go restarting, the host
+# rebooting) is tried again after 1, 2, 4, 8 and 16 s, then left to the
+# periodic resync; last_sync_error says why meanwhile.
+GATEWAY_SYNC_ATTEMPTS = 6
+
+
+def gateway_sync_or_retry(*, network_id: int, force: bool = False, attempt: int = 1) -> MeshNetwork | None:
+    """The worker's sync: on a gateway error, queue the next attempt."""
+    try:
+        return gateway_sync(network_id=network_id, force=force)
+    except gateway.GatewayError:
+        queue = MeshNetwork.objects.filter(pk=network_id).values_list("gateway_queue", flat=True).first()
+        retry_later(
+            "mesh.tasks.sync_gateway", (network_id,), {"force": force}, attempt=attempt,
+            base=1, cap=30, max_attempts=GATEWAY_SYNC_ATTEMPTS, queue=queue,
+        )
+        return None
 
 
 def gateway_sync(*, network_id: int, force: bool = False) -> MeshNetwork | None:

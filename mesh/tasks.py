@@ -8,10 +8,9 @@ from mesh.gateway import GatewayError
 from mesh.models import MeshNetwork
 
 
-@shared_task(name="mesh.tasks.sync_gateway", acks_late=True, autoretry_for=(GatewayError,),
-             retry_backoff=1, retry_backoff_max=30, max_retries=5)
-def sync_gateway(network_id: int, force: bool = False) -> int | None:
-    network = services.gateway_sync(network_id=network_id, force=force)
+@shared_task(name="mesh.tasks.sync_gateway", acks_late=True)
+def sync_gateway(network_id: int, force: bool = False, attempt: int = 1) -> int | None:
+    network = services.gateway_sync_or_retry(network_id=network_id, force=force, attempt=attempt)
     return network.applied_generation if network else None
 
 
