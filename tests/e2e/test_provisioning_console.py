@@ -23,9 +23,14 @@ def test_claiming_provisions_the_handle_live_and_a_stale_error_clears_as_the_use
     handle_input.fill("admin")
     page.get_by_test_id("claim-handle").click()
     expect(page.get_by_test_id("handle-error")).to_have_text("'admin' is reserved.")
-    page.locator("#id_handle").fill("hedy")
+    # Typed key by key, as a person does: a single programmatic fill can land
+    # in the milliseconds before htmx has wired up the freshly swapped card.
+    page.locator("#id_handle").fill("")
+    page.locator("#id_handle").press_sequentially("hedy", delay=60)
     expect(page.get_by_test_id("handle-error")).to_be_hidden()
-    expect(page.get_by_test_id("availability-result")).to_contain_text("hedy is available")
+    # The check asks the real DNS, Synapse and S3 servers, which can take a
+    # few seconds on a busy machine.
+    expect(page.get_by_test_id("availability-result")).to_contain_text("hedy is available", timeout=20_000)
 
     page.get_by_test_id("claim-handle").click()
     expect(page.get_by_test_id("handle")).to_have_text("hedy")
