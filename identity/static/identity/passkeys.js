@@ -190,7 +190,9 @@
       const options = await post("auth/login/options", {});
       const cred = await navigator.credentials.get({ publicKey: requestOptions(options) });
       await post("auth/login/verify", credentialJSON(cred));
-      window.location.reload();
+      // A fresh GET, not reload(): the page may be the answer to a form post
+      // (the refused "create token"), which a reload would send again.
+      window.location.assign(window.location.pathname);
     });
 
     on("add-passkey-form", "submit", async (form) => {

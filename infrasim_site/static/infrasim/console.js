@@ -5,6 +5,13 @@
 (function () {
   "use strict";
 
+  // A page that shows a one-time secret is the answer to a form post; make
+  // its history entry a plain GET, so a reload neither posts the form again
+  // nor brings the secret back.
+  if (document.querySelector("[data-one-time-secret]")) {
+    window.history.replaceState(null, "", window.location.href);
+  }
+
   document.addEventListener("submit", (e) => {
     const form = e.target;
     if (form instanceof HTMLFormElement && form.dataset.confirm && !window.confirm(form.dataset.confirm)) {
