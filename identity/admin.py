@@ -1,8 +1,16 @@
+from datetime import timedelta
+
+from django.conf import settings
 from django.contrib import admin, messages
+from django.template.response import TemplateResponse
+from django.utils import timezone
+from django.utils.timesince import timeuntil
 
 from identity import provisioning, services
 from identity.models import ApiToken, Identity, OperatorEnrollment, ProvisioningStep, User
+from identity.sessions import passkey_checked_recently
 from infrasim_site.errors import ServiceError
+from infrasim_site.http import no_store
 
 
 @admin.register(User)
@@ -21,9 +29,27 @@ class UserAdmin(admin.ModelAdmin):
 
     @admin.action(description="Issue a one-time passkey enrollment link (account recovery)")
     def issue_enrollment_link(self, request, queryset):
-        for user in queryset:
-            token = services.operator_enrollment_issue(user=user, actor=request.user)
-            self.message_user(request, f"{user}: {services.enrollment_url(token)}")
+        # A link lets whoever holds it add a passkey to the account: issued
+        # only after a recent passkey check, and shown on this page alone
+        # (a message would ride in a cookie).
+        if not passkey_checked_recently(request.session):
+            self.message_user(
+                request,
+                "Confirm with your passkey first (Passkeys page → “Confirm with your passkey”), then issue the link "
+                "again: recovery links are issued only within 10 minutes of a passkey check.",
+                messages.ERROR,
+            )
+            return None
+        links = [
+            {"user": user, "url": services.enrollment_url(services.operator_enrollment_issue(user=user, actor=request.user))}
+            for user in queryset
+        ]
+        context = {
+            **self.admin_site.each_context(request),
+            "links": links,
+            "expires_in": f"in {timeuntil(timezone.now() + timedelta(seconds=settings.OPERATOR_ENROLLMENT_SECONDS))}",
+        }
+        return no_store(TemplateResponse(request, "admin/identity/enrollment_links.html", context))
 
 
 class ProvisioningStepInline(admin.TabularInline):

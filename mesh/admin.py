@@ -1,7 +1,10 @@
 from django import forms
 from django.contrib import admin, messages
+from django.template.response import TemplateResponse
 
+from identity.sessions import passkey_checked_recently
 from infrasim_site.errors import ServiceError
+from infrasim_site.http import no_store
 from mesh import services
 from mesh.models import AddressLease, MeshNetwork, NetworkRule, Peer, PeerShare
 
@@ -115,15 +118,33 @@ class PeerAdmin(admin.ModelAdmin):
     @admin.action(description="Rotate to a server-generated key (its config is shown here once)")
     def rotate_generated(self, request, queryset):
         # For devices an operator manages (appliances, gateways of branch
-        # offices): the new config is shown once in this message and not kept.
+        # offices). The new private keys leave the server on this page only:
+        # not in a message (which rides in a cookie), and, like any secret
+        # export, only after a recent passkey check.
+        if not passkey_checked_recently(request.session):
+            self.message_user(
+                request,
+                "Confirm with your passkey first (Passkeys page → “Confirm with your passkey”), then rotate again: "
+                "new private keys are shown only within 10 minutes of a passkey check.",
+                messages.ERROR,
+            )
+            return None
+        rotated, errors = [], []
         for peer in queryset:
             try:
                 created = services.peer_rotate(actor=request.user, peer_id=peer.pk, generate_key=True)
             except ServiceError as exc:
-                self.message_user(request, f"{peer}: {exc.message}", messages.ERROR)
+                errors.append(f"{peer}: {exc.message}")
                 continue
-            config = services.render_peer_config(created.peer, private_key=created.private_key)
-            self.message_user(request, f"{peer} rotated to epoch {created.peer.key_epoch}. Config (shown once):\n{config}")
+            rotated.append(
+                {"peer": created.peer, "config": services.render_peer_config(created.peer, private_key=created.private_key)}
+            )
+        response = TemplateResponse(
+            request,
+            "admin/mesh/rotated_configs.html",
+            {**self.admin_site.each_context(request), "rotated": rotated, "errors": errors},
+        )
+        return no_store(response)
 
 
 @admin.register(AddressLease)

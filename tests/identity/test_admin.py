@@ -68,11 +68,20 @@ def test_the_ledger_is_read_only_in_the_admin(operator_client):
 
 
 def test_operator_issues_a_recovery_enrollment_link(operator_client):
+    from tests.people import signed_in_person
+
     user = User.objects.create_user(display_name="Lost Keys", signup_state="active")
-    response = operator_client.post(
-        "/admin/identity/user/", {"action": "issue_enrollment_link", "_selected_action": [user.pk]}, follow=True
-    )
+    action = {"action": "issue_enrollment_link", "_selected_action": [user.pk]}
+    # A session without a passkey check (here: none at all) gets no link.
+    refused = operator_client.post("/admin/identity/user/", action, follow=True)
+    assert "Confirm with your passkey first" in refused.content.decode()
+    assert not LedgerEntry.objects.filter(kind="identity.enrollment.issued").exists()
+
+    operator = signed_in_person("Olga Passkey", operator=True)
+    response = operator.post("/admin/identity/user/", action)
+    assert response.status_code == 200 and "no-store" in response["Cache-Control"]
     link = re.search(r"http://localhost:\d+/enroll/([\w-]+)/", response.content.decode())
     assert link, "the link is shown to the operator"
+    assert "enroll" not in str(response.cookies), "the link never rides in a cookie"
     assert Client().get(f"/enroll/{link.group(1)}/").status_code == 200
     assert LedgerEntry.objects.filter(kind="identity.enrollment.issued", subject=f"user:{user.pk}").exists()

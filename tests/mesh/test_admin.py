@@ -98,3 +98,30 @@ def test_operator_adds_a_network_rule_in_the_admin_and_a_bad_one_is_a_form_error
     assert good.status_code == 302
     assert network.rules.get().source == "100.103.0.0/25"
     assert LedgerEntry.objects.filter(kind="mesh.network.rule_added").exists()
+
+
+def test_rotating_to_a_generated_key_shows_the_config_once_after_a_passkey_check(db):
+    from identity.sessions import CHECKED_AT_KEY
+    from tests.people import person, signed_in_person
+
+    operator = signed_in_person("Olga", operator=True)
+    owner = person("branch-office")
+    peer = peer_create(actor=owner, name="branch router", generate_key=True).peer
+    action = {"action": "rotate_generated", "_selected_action": [peer.pk]}
+
+    session = operator.session
+    session[CHECKED_AT_KEY] -= 11 * 60
+    session.save()
+    refused = operator.post("/admin/mesh/peer/", action, follow=True)
+    assert "Confirm with your passkey first" in refused.content.decode()
+    assert Peer.objects.get(pk=peer.pk).key_epoch == 1
+
+    from tests.passkey_api import sign_in
+
+    assert sign_in(operator, operator.device).status_code == 200
+    shown = operator.post("/admin/mesh/peer/", action)
+    assert shown.status_code == 200 and "no-store" in shown["Cache-Control"]
+    page = shown.content.decode()
+    assert "PrivateKey = " in page and "branch router (key #2)" in page
+    assert "PrivateKey" not in str(shown.cookies), "the key never rides in a cookie"
+    assert Peer.objects.get(pk=peer.pk).key_epoch == 2
