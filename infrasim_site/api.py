@@ -6,6 +6,8 @@ from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooMany
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django_otp_webauthn.exceptions import OTPWebAuthnApiError
 from rest_framework import exceptions as drf_exceptions
+from rest_framework import fields as drf_fields
+from rest_framework import serializers as drf_serializers
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.views import exception_handler as drf_exception_handler
 
@@ -46,3 +48,45 @@ class Pagination(LimitOffsetPagination):
     database as a LIMIT it cannot represent (SQLite: "datatype mismatch", a 500)."""
 
     max_limit = 1000
+
+
+class FastReadMixin:
+    """A read path for ModelSerializers that serve long lists: the same
+    fields and the same output, with the per-field lookup planned once per
+    response instead of once per object and field (DRF's generic path was
+    most of `GET mesh/peers`' cost; bench/api_load.py).
+
+    Plain model columns are read with getattr, SerializerMethodFields call
+    their method; anything else (relations, dotted or callable sources) takes
+    DRF's own path, so the output never differs."""
+
+    def _read_plan(self) -> list[tuple]:
+        plan = self.__dict__.get("_fast_read_plan")
+        if plan is None:
+            columns = {f.attname for f in self.Meta.model._meta.concrete_fields if not f.is_relation}
+            plan = []
+            for field in self._readable_fields:
+                if isinstance(field, drf_serializers.SerializerMethodField):
+                    plan.append((field.field_name, None, field, "method"))
+                elif len(field.source_attrs) == 1 and field.source_attrs[0] in columns:
+                    plan.append((field.field_name, field.source_attrs[0], field, "column"))
+                else:
+                    plan.append((field.field_name, None, field, "generic"))
+            self._fast_read_plan = plan
+        return plan
+
+    def to_representation(self, instance):
+        ret = {}
+        for name, column, field, kind in self._read_plan():
+            if kind == "method":
+                ret[name] = field.to_representation(instance)
+                continue
+            if kind == "column":
+                value = getattr(instance, column)
+            else:
+                try:
+                    value = field.get_attribute(instance)
+                except drf_fields.SkipField:
+                    continue
+            ret[name] = None if value is None else field.to_representation(value)
+        return ret

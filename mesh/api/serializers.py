@@ -1,5 +1,6 @@
 from rest_framework import serializers
 
+from infrasim_site.api import FastReadMixin
 from mesh.models import MeshNetwork, NetworkRule, Peer, PeerShare
 
 
@@ -38,7 +39,7 @@ class NetworkCreateRequest(serializers.Serializer):
     gateway_queue = serializers.CharField(max_length=60, required=False)
 
 
-class PeerSerializer(serializers.ModelSerializer):
+class PeerSerializer(FastReadMixin, serializers.ModelSerializer):
     network = serializers.SerializerMethodField(help_text="The network's name.")
     has_preshared_key = serializers.SerializerMethodField()
     gateway_synced = serializers.SerializerMethodField(
