@@ -109,10 +109,11 @@ def start_session(request, user, passkey) -> None:
     from datetime import timedelta
 
     from django.contrib.auth import login
-    from django_otp import login as otp_login
 
     login(request, user, backend="django_otp_webauthn.backends.WebAuthnBackend")
-    otp_login(request, passkey)
+    # Which passkey signed this session in, and when it was last proven: the
+    # credential rules read these (django-otp's second-factor bookkeeping,
+    # and the query per request of its middleware, are not needed).
     mark_passkey_checked(request.session, passkey.pk)
     # A fixed 24 h from sign-in: an absolute time, because a number of seconds
     # would be counted again from every later write to the session.

@@ -283,3 +283,21 @@ def test_list_paging_parameters_never_break_a_listing(alice, resource, query):
     response = alice.get(f"{API}/{resource}?{query}")
     assert response.status_code == 200, response.content
     assert response.json()["count"] == 1
+
+
+def test_paging_counts_right_with_and_without_the_count_query(alice):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    for n in range(3):
+        create_token(alice, f"t{n}")
+    with CaptureQueriesContext(connection) as queries:
+        whole = alice.get(f"{API}/tokens").json()
+    assert whole["count"] == 3 and len(whole["results"]) == 3 and whole["next"] is None
+    assert not [q for q in queries if "COUNT(" in q["sql"]], "a first page that is not full counts itself"
+    page = alice.get(f"{API}/tokens?limit=2").json()
+    assert page["count"] == 3 and len(page["results"]) == 2 and page["next"]
+    rest = alice.get(f"{API}/tokens?limit=2&offset=2").json()
+    assert rest["count"] == 3 and len(rest["results"]) == 1 and rest["previous"]
+    beyond = alice.get(f"{API}/tokens?limit=2&offset=10").json()
+    assert beyond["count"] == 3 and beyond["results"] == []
