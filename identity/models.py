@@ -10,7 +10,7 @@ from django.db import models
 from django.db.models.functions import Lower
 from django.utils import timezone
 
-from infrasim_site.steps import Step
+from infrasim_site.steps import Step, StepStatus
 from infrasim_site.visibility import OwnedQuerySet
 
 
@@ -116,16 +116,17 @@ class ProvisioningStep(Step):
         MATRIX = "matrix", "Matrix account"
         S3 = "s3", "S3 bucket"
 
-    class Status(models.TextChoices):
-        # The shared step statuses (infrasim_site.steps.StepStatus), then this step's own.
-        PENDING = "pending", "pending"
-        RUNNING = "running", "running"
-        RETRYING = "retrying", "retrying"
-        SUCCEEDED = "succeeded", "succeeded"
-        FAILED = "failed", "failed"
-        NOT_CONFIGURED = "not_configured", "not configured"
-        REMOVING = "removing", "removing"
-        REMOVED = "removed", "removed"
+    # The shared step statuses, then this step's own (a TextChoices with
+    # members cannot be subclassed, so it is built from StepStatus's).
+    Status = models.TextChoices(
+        "Status",
+        [(status.name, (status.value, status.label)) for status in StepStatus]
+        + [
+            ("NOT_CONFIGURED", ("not_configured", "not configured")),
+            ("REMOVING", ("removing", "removing")),
+            ("REMOVED", ("removed", "removed")),
+        ],
+    )
 
     task_name = "identity.tasks.provision_step"
 
