@@ -103,7 +103,10 @@ def test_a_step_whose_worker_was_killed_is_redone_once_by_the_next_worker(transa
         sender = Celery(broker=private_broker_url(), set_as_current=False)
         sender.conf.broker_transport_options = {"visibility_timeout": VISIBILITY_TIMEOUT}
         sender.send_task("identity.tasks.provision_step", args=[step.pk], queue="identity")
-        wait_for(lambda: ProvisioningStep.objects.get(pk=step.pk).status == "running", 60, "the first worker's claim")
+        # Killed once it is inside the backend call (claimed, its start
+        # recorded, waiting on the black-hole DNS server), not in between.
+        started = LedgerEntry.objects.filter(kind="identity.provisioning.dns.started", subject=f"identity:{identity.pk}")
+        wait_for(started.exists, 60, "the first worker to start the step")
         os.killpg(first.pid, signal.SIGKILL)
         first.wait(timeout=10)
         assert ProvisioningStep.objects.get(pk=step.pk).status == "running"
@@ -119,6 +122,5 @@ def test_a_step_whose_worker_was_killed_is_redone_once_by_the_next_worker(transa
 
     step.refresh_from_db()
     assert step.attempts == 1, "the redelivery re-ran the claimed attempt instead of starting a new one"
-    started = LedgerEntry.objects.filter(kind="identity.provisioning.dns.started", subject=f"identity:{identity.pk}")
     assert started.count() == 2, "run once by the killed worker and once more by the next"
     assert resolve(knot, "killed-mid-step.test.infrasim") == ["192.0.2.10"], "exactly one record, no duplicate"
