@@ -66,14 +66,16 @@ def passkey_registration_begin(
         user, purpose = User(display_name=clean_name(display_name, field="display_name", max_length=DISPLAY_NAME_MAX)), "signup"
     # Trying again in the same tab keeps the sign-up's user handle, so an
     # authenticator replaces its half-made credential instead of adding one.
-    handle = previous.get("user_handle") if previous and previous.get("purpose") == "signup" else None
-    user_handle = bytes.fromhex(handle) if purpose == "signup" and handle else secrets.token_bytes(64)
+    user_handle = None
+    if purpose == "signup":
+        kept = previous.get("user_handle") if previous and previous.get("purpose") == "signup" else None
+        user_handle = bytes.fromhex(kept) if kept else secrets.token_bytes(64)
     options, state = PasskeyHelper(new_user_handle=user_handle).register_begin(user=user)
     pending = {
         "purpose": purpose,
         "user_id": user.pk,
         "display_name": user.display_name if purpose == "signup" else None,
-        "user_handle": user_handle.hex() if purpose == "signup" else None,
+        "user_handle": user_handle.hex() if user_handle else None,
         "enrollment_token_hash": _hash_secret(enrollment_token) if purpose == "enroll" else None,
         "state": state,
     }

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import time
+from datetime import timedelta
 
 from django.conf import settings
+from django.contrib.auth import login
 from django.contrib.sessions.backends.db import SessionStore as DatabaseSessionStore
+from django.utils import timezone
 
 PASSKEY_KEY = "infrasim.passkey_id"
 CHECKED_AT_KEY = "infrasim.passkey_checked_at"
@@ -37,13 +40,13 @@ class SessionStore(DatabaseSessionStore):
         return self.model.objects.filter(session_key=stored_key(session_key))
 
     def _get_session_from_db(self):
-        row = self._by_key(self.session_key).filter(expire_date__gt=_now()).first() if self.session_key else None
+        row = self._by_key(self.session_key).filter(expire_date__gt=timezone.now()).first() if self.session_key else None
         if row is None:
             self._session_key = None
         return row
 
     async def _aget_session_from_db(self):
-        row = await self._by_key(self.session_key).filter(expire_date__gt=_now()).afirst() if self.session_key else None
+        row = await self._by_key(self.session_key).filter(expire_date__gt=timezone.now()).afirst() if self.session_key else None
         if row is None:
             self._session_key = None
         return row
@@ -79,12 +82,6 @@ class SessionStore(DatabaseSessionStore):
             await self._by_key(session_key).adelete()
 
 
-def _now():
-    from django.utils import timezone
-
-    return timezone.now()
-
-
 # --- The passkey a session was signed in with, and when it was last checked -------
 
 
@@ -106,10 +103,6 @@ def signed_in_with_passkey(session) -> bool:
 
 def start_session(request, user, passkey) -> None:
     """Sign `user` in on this request's session, as proven by `passkey`."""
-    from datetime import timedelta
-
-    from django.contrib.auth import login
-
     login(request, user, backend="django_otp_webauthn.backends.WebAuthnBackend")
     # Which passkey signed this session in, and when it was last proven: the
     # credential rules read these (django-otp's second-factor bookkeeping,
@@ -117,7 +110,7 @@ def start_session(request, user, passkey) -> None:
     mark_passkey_checked(request.session, passkey.pk)
     # A fixed 24 h from sign-in: an absolute time, because a number of seconds
     # would be counted again from every later write to the session.
-    request.session.set_expiry(_now() + timedelta(seconds=settings.SESSION_COOKIE_AGE))
+    request.session.set_expiry(timezone.now() + timedelta(seconds=settings.SESSION_COOKIE_AGE))
 
 
 def take(session, key: str):

@@ -60,17 +60,16 @@ class ScopedThrottle(_Throttle):
             return True
         self.rate = self.get_rate()
         self.num_requests, self.duration = self.parse_rate(self.rate)
+        self.now = self.timer()
+        histories = {}
         for ident in self._idents(request):
             self.key = self.cache_format % {"scope": self.scope, "ident": ident}
-            self.history = self.cache.get(self.key, [])
-            self.now = self.timer()
-            while self.history and self.history[-1] <= self.now - self.duration:
-                self.history.pop()
+            self.history = [t for t in self.cache.get(self.key, []) if t > self.now - self.duration]
             if len(self.history) >= self.num_requests:
                 return self.throttle_failure()
-        for ident in self._idents(request):
-            key = self.cache_format % {"scope": self.scope, "ident": ident}
-            history = [t for t in self.cache.get(key, []) if t > self.now - self.duration]
+            histories[self.key] = self.history
+        # Counted only once every ident allowed it: a refused request costs nobody.
+        for key, history in histories.items():
             self.cache.set(key, [self.now, *history], self.duration)
         return True
 

@@ -8,14 +8,10 @@ reach the shared one; an operator's rule opens more.
 
 from __future__ import annotations
 
-import time
-
 from mesh import services
 from mesh.models import MeshNetwork
 from tests.people import person
-from tests.mesh.test_tunnels import Up, stopped_at
-
-PING_INTERVAL = 0.05
+from tests.mesh.test_tunnels import Up, traffic_stop_latency
 
 
 def gateway_addresses(mesh) -> list[str]:
@@ -63,16 +59,9 @@ def test_a_share_opens_the_peer_to_the_grantee_and_withdrawing_it_closes_it_with
     assert not reaches(desktop, phone), "...and only that one"
     assert not reaches(laptop, desktop), "the shared peer opens no connection to the grantee"
 
-    pinger = desktop.node.start_ping(laptop.v4, interval=PING_INTERVAL)
-    try:
-        time.sleep(0.5)
-        services.peer_share_delete(actor=alice, peer_id=laptop.peer.pk, handle="bob")
-        withdrawn = time.time()
-        time.sleep(1.5)
-    finally:
-        result = pinger.stop()
-    seq, noticed = stopped_at(result)
-    latency = noticed - withdrawn
+    latency, seq, result = traffic_stop_latency(
+        desktop, laptop.v4, lambda: services.peer_share_delete(actor=alice, peer_id=laptop.peer.pk, handle="bob")
+    )
     record_property("share_withdrawal_latency_s", round(latency, 3))
     print(f"withdrawal: traffic stopped {latency * 1000:.0f} ms after peer_share_delete returned (icmp_seq {seq})")
     assert latency < 1.0, result.output

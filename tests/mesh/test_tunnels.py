@@ -90,6 +90,22 @@ def gateway_keys(mesh) -> set[str]:
     return set(mesh.topology.gateway.wg.peers())
 
 
+def traffic_stop_latency(src: Up, address: str, action) -> tuple[float, int, netns.PingResult]:
+    """Ping `address` from `src` every PING_INTERVAL, run `action` half a
+    second in, and return how long after it returned the traffic stopped
+    (seconds), the first unanswered icmp_seq, and ping's result."""
+    pinger = src.node.start_ping(address, interval=PING_INTERVAL)
+    try:
+        time.sleep(0.5)
+        action()
+        done = time.time()
+        time.sleep(1.5)
+    finally:
+        result = pinger.stop()
+    seq, noticed = stopped_at(result)
+    return noticed - done, seq, result
+
+
 def stopped_at(result: netns.PingResult) -> tuple[int, float]:
     """The first icmp_seq after the last answered one, and when ping noticed
     it had no answer (ping -O prints that as it sends the next packet, so this
@@ -243,16 +259,9 @@ def test_key_rotation_under_traffic_and_old_key_is_dead(mesh, record_property):
 
 def test_revoked_peer_stops_within_a_second(mesh, record_property):
     a, b = two_peers(mesh)
-    pinger = a.node.start_ping(b.v4, interval=PING_INTERVAL)
-    try:
-        time.sleep(0.5)
-        services.peer_revoke(actor=mesh.user, peer_id=a.peer.pk)
-        revoked = time.time()
-        time.sleep(1.5)
-    finally:
-        result = pinger.stop()
-    seq, noticed = stopped_at(result)
-    latency = noticed - revoked
+    latency, seq, result = traffic_stop_latency(
+        a, b.v4, lambda: services.peer_revoke(actor=mesh.user, peer_id=a.peer.pk)
+    )
     record_property("revocation_latency_s", round(latency, 3))
     print(f"revocation: traffic stopped {latency * 1000:.0f} ms after peer_revoke returned (icmp_seq {seq})")
     assert latency < 1.0, result.output
