@@ -8,8 +8,11 @@ names the variable.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import os
 import re
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -27,6 +30,7 @@ from infrasim_site.env import (
     env_str,
     env_url,
 )
+from appliances.sessiond import SessionDaemon
 from infrasim_site.sealing import load_master_key
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -148,6 +152,56 @@ if S3_ENDPOINT_URL and not (S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY):
     raise ImproperlyConfigured("S3_ACCESS_KEY_ID: S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY are required with S3_ENDPOINT_URL")
 PROVISIONING_MAX_ATTEMPTS = env_int("PROVISIONING_MAX_ATTEMPTS", 5, minimum=1, maximum=50)
 PROVISIONING_BACKOFF_SECONDS = env_int("PROVISIONING_BACKOFF_SECONDS", 2, minimum=0, maximum=3600)
+
+# --- Appliances: hosts, images, quotas ------------------------------------------
+# The hypervisor host that `make run` registers on first start (this machine).
+# As root, `qemu:///session` names the system daemon's socket; `make run` then
+# runs a session libvirtd of its own user (appliances/sessiond.py) instead.
+APPLIANCE_LOCAL_HOST = env_str("APPLIANCE_LOCAL_HOST", "local")
+APPLIANCE_HYPERVISOR_USER = env_str("APPLIANCE_HYPERVISOR_USER", "infrasim-vm")
+APPLIANCE_HYPERVISOR_DIR = Path(env_str(
+    "APPLIANCE_HYPERVISOR_DIR", f"/var/lib/isim/{hashlib.sha256(str(VAR_DIR).encode()).hexdigest()[:8]}"
+))
+_local_daemon = SessionDaemon(APPLIANCE_HYPERVISOR_DIR, APPLIANCE_HYPERVISOR_USER) if os.geteuid() == 0 else None
+APPLIANCE_LOCAL_LIBVIRT_URI = env_str(
+    "APPLIANCE_LOCAL_LIBVIRT_URI", _local_daemon.uri if _local_daemon else "qemu:///session"
+)
+# Overlays, seeds and serial logs of the local host's appliances (QEMU runs
+# as the daemon's user, which must reach them).
+APPLIANCE_STORAGE_DIR = Path(env_str(
+    "APPLIANCE_STORAGE_DIR", str(_local_daemon.storage_dir if _local_daemon else VAR_DIR / "appliances")
+))
+# The content-addressed image cache, outside the clone so that every checkout
+# (and CI on this machine) builds or downloads an image once.
+IMAGE_CACHE_DIR = Path(env_str(
+    "IMAGE_CACHE_DIR", "/var/cache/infrasim" if os.geteuid() == 0 else str(Path.home() / ".cache" / "infrasim")
+))
+# Debian mirror for locally built templates; blank: the one this host's apt uses.
+IMAGE_DEBIAN_MIRROR = env_url("IMAGE_DEBIAN_MIRROR", "", schemes={"http", "https"})
+# cloud-init's own JSON schema (the Makefile takes it from Debian's cloud-init package).
+CLOUD_INIT_SCHEMA = Path(env_str(
+    "CLOUD_INIT_SCHEMA", str(Path(sys.prefix) / "share" / "cloud-init" / "schema-cloud-config-v1.json")
+))
+# Where guests send cloud-init's phone home; blank: this server as guests on
+# the host reach it (http://<guest gateway address>:INFRASIM_PORT).
+APPLIANCE_PHONE_HOME_URL = env_url("APPLIANCE_PHONE_HOME_URL", "", schemes={"http", "https"})
+# Guests reach this server by the host's address as they see it (10.0.2.2
+# with user-mode networking); requests to that name must be allowed.
+_phone_home_host = urlsplit(APPLIANCE_PHONE_HOME_URL).hostname if APPLIANCE_PHONE_HOME_URL else "10.0.2.2"
+if _phone_home_host not in ALLOWED_HOSTS:
+    ALLOWED_HOSTS.append(_phone_home_host)
+APPLIANCE_BOOT_TIMEOUT_SECONDS = env_int("APPLIANCE_BOOT_TIMEOUT_SECONDS", 900, minimum=30)
+# How long a request waits for a host's worker to answer (the console log).
+APPLIANCE_HOST_ANSWER_SECONDS = env_int("APPLIANCE_HOST_ANSWER_SECONDS", 15, minimum=1, maximum=120)
+APPLIANCE_SHUTDOWN_TIMEOUT_SECONDS = env_int("APPLIANCE_SHUTDOWN_TIMEOUT_SECONDS", 60, minimum=1)
+APPLIANCE_MAX_ATTEMPTS = env_int("APPLIANCE_MAX_ATTEMPTS", 4, minimum=1, maximum=50)
+APPLIANCE_BACKOFF_SECONDS = env_int("APPLIANCE_BACKOFF_SECONDS", 5, minimum=0, maximum=3600)
+APPLIANCE_RECONCILE_SECONDS = env_int("APPLIANCE_RECONCILE_SECONDS", 60, minimum=5)
+# Per-user quotas over all of a user's appliances.
+APPLIANCE_QUOTA_COUNT = env_int("APPLIANCE_QUOTA_COUNT", 5, minimum=0)
+APPLIANCE_QUOTA_VCPUS = env_int("APPLIANCE_QUOTA_VCPUS", 8, minimum=0)
+APPLIANCE_QUOTA_MEMORY_MIB = env_int("APPLIANCE_QUOTA_MEMORY_MIB", 8192, minimum=0)
+APPLIANCE_QUOTA_DISK_GIB = env_int("APPLIANCE_QUOTA_DISK_GIB", 200, minimum=0)
 
 # --- Secrets at rest --------------------------------------------------------
 INFRASIM_MASTER_KEY = load_master_key(
@@ -289,6 +343,7 @@ CELERY_BEAT_SCHEDULE = {
     "mesh-expire-peers": {"task": "mesh.tasks.expire_due_peers", "schedule": 5.0},
     "mesh-resync-gateways": {"task": "mesh.tasks.resync_gateways", "schedule": float(MESH_RESYNC_SECONDS)},
     "mesh-collect-stats": {"task": "mesh.tasks.collect_stats", "schedule": float(MESH_STATS_SECONDS)},
+    "appliances-reconcile": {"task": "appliances.tasks.reconcile_hosts", "schedule": float(APPLIANCE_RECONCILE_SECONDS)},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
@@ -370,6 +425,8 @@ THROTTLE_RATES = {
     "token_create": "20/hour",
     "provisioning": "30/hour",
     "mesh_write": "60/min",
+    "appliance_write": "60/min",
+    "phone_home": "60/min",
     **env_rates("THROTTLE_RATES"),
 }
 
@@ -388,6 +445,13 @@ SPECTACULAR_SETTINGS = {
 
 # --- Static files -----------------------------------------------------------------
 STATIC_URL = "/static/"
+# Browser libraries installed by npm (package.json, `make install`), served as
+# our own static files: xterm.js for the appliances' serial console.
+STATICFILES_DIRS = [
+    ("xterm", BASE_DIR / "node_modules" / "@xterm" / "xterm" / "lib"),
+    ("xterm", BASE_DIR / "node_modules" / "@xterm" / "xterm" / "css"),
+    ("xterm", BASE_DIR / "node_modules" / "@xterm" / "addon-fit" / "lib"),
+]
 STATIC_ROOT = Path(env_str("STATIC_ROOT", str(VAR_DIR / "static")))
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 # Serve straight from the app folders: one process, no collectstatic step to forget.

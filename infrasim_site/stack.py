@@ -92,6 +92,17 @@ def gateway_unavailable() -> str:
     return ""
 
 
+def local_hypervisor() -> list[str]:
+    """As root, the local host's libvirt is a session daemon that `make run`
+    runs itself (unless APPLIANCE_LOCAL_LIBVIRT_URI names another)."""
+    from django.conf import settings
+
+    from appliances.sessiond import SessionDaemon
+
+    daemon = SessionDaemon(settings.APPLIANCE_HYPERVISOR_DIR, settings.APPLIANCE_HYPERVISOR_USER)
+    return ["hypervisor"] if os.geteuid() == 0 and settings.APPLIANCE_LOCAL_LIBVIRT_URI == daemon.uri else []
+
+
 def loopback_endpoint_warning(endpoint: str, *, configured: str, admin_url: str | None) -> str:
     """A warning when peers would be told to dial a loopback address.
 
@@ -210,6 +221,14 @@ def banner(env, *, private_redis: bool, gateway_reason: str, preset: dict[str, s
     return "\n".join(lines)
 
 
+def register_local_host() -> str:
+    """This machine as the hypervisor host (on first start); its queue is
+    the one the worker started here consumes besides the app queues."""
+    from appliances.services import host_register_local
+
+    return host_register_local().queue
+
+
 def prepare(env) -> str:
     """Check the configuration, migrate and pick the log options; returns
     an error message naming the variable or setting at fault, or ""."""
@@ -226,6 +245,7 @@ def prepare(env) -> str:
         # Warnings and errors still reach stderr; the "no issues" line does not.
         call_command("check", stdout=io.StringIO())
         call_command("migrate", interactive=False, verbosity=0)
+        env["INFRASIM_HOST_QUEUE"] = register_local_host()
         env.update(log_options(log_level=settings.LOG_LEVEL, access_log=env_bool("INFRASIM_ACCESS_LOG", False)))
     except (ImproperlyConfigured, CommandError) as exc:
         return str(exc)
@@ -236,7 +256,7 @@ def supervise(shutdown: Shutdown, env, *, private_redis: bool, preset: dict[str,
     from django.db import connections
 
     gateway_reason = gateway_unavailable()
-    processes = ["web", "worker", *([] if gateway_reason else ["gateway"])]
+    processes = ["web", "worker", *([] if gateway_reason else ["gateway"]), *local_hypervisor()]
     honcho = [sys.executable, "-m", "honcho", "start", "-f", str(ROOT / "Procfile"), "-d", str(ROOT), *processes]
     # In a session of its own, so the terminal's Ctrl-C reaches only this
     # process, which then stops honcho once, in order.

@@ -24,10 +24,12 @@ urlpatterns = [
         name="api-docs",
     ),
     path("api/meshnet/mesh/", include("mesh.api.urls")),
+    path("api/meshnet/", include("appliances.api.urls")),
     path("api/meshnet/", include("identity.api.urls")),
     path("api/", views.ApiRootView.as_view(), name="api-root"),
     path("", include(("identity.urls", "identity"), namespace="identity")),
     path("", include(("mesh.urls", "mesh"), namespace="mesh")),
+    path("", include(("appliances.urls", "appliances"), namespace="appliances")),
     path("", include(([path("", views.dashboard, name="dashboard")], "console"))),
     path("favicon.ico", RedirectView.as_view(url="/static/infrasim/favicon.svg")),
 ]

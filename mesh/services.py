@@ -537,7 +537,9 @@ def peer_config(*, actor: User, peer_id: int, private_key: str | None = None) ->
     return render_peer_config(peer, private_key=private_key)
 
 
-def render_peer_config(peer: Peer, *, private_key: str | None) -> str:
+def render_peer_config(peer: Peer, *, private_key: str | None, endpoint: str | None = None) -> str:
+    """`endpoint` overrides the network's where the peer reaches the gateway
+    another way (an appliance's guest, through its host's NAT)."""
     network = peer.network
     return wgconf.peer_config(
         name=peer.name,
@@ -546,7 +548,7 @@ def render_peer_config(peer: Peer, *, private_key: str | None) -> str:
         ipv6=peer.ipv6,
         gateway_public_key=network.gateway_public_key,
         preshared_key=unseal(peer.preshared_key_sealed).decode() if peer.preshared_key_sealed else None,
-        endpoint=network.endpoint,
+        endpoint=endpoint or network.endpoint,
         allowed_ips=peer.allowed_ips,
         keepalive=peer.keepalive,
     )

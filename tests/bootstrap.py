@@ -30,11 +30,14 @@ LIVE_SERVER_PORT = free_port()
 os.environ["WEBAUTHN_RP_ID"] = "localhost"
 os.environ["WEBAUTHN_RP_ORIGIN"] = f"http://localhost:{LIVE_SERVER_PORT}"
 os.environ["ALLOWED_HOSTS"] = "localhost,127.0.0.1,testserver"
+# Guests under test phone home to the live server through their NAT's host address.
+os.environ["APPLIANCE_PHONE_HOME_URL"] = f"http://10.0.2.2:{LIVE_SERVER_PORT}"
 # The suite signs many people up from one address; the throttling tests set
 # their own small limits.
 os.environ["THROTTLE_RATES"] = ",".join(
     f"{scope}=100000/min"
-    for scope in ("anonymous", "account_write", "signup", "login", "availability", "token_create", "provisioning", "mesh_write")
+    for scope in ("anonymous", "account_write", "signup", "login", "availability", "token_create", "provisioning", "mesh_write",
+                  "appliance_write", "phone_home")
 )
 
 _redis = os.environ.get("REDIS_URL", "")

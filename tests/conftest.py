@@ -14,7 +14,7 @@ from tests.bootstrap import LIVE_SERVER_PORT
 
 # Session fixtures for the real provisioning servers: knot, synapse, s3.
 # Shared fixtures: real provisioning servers, people, Chromium, WireGuard namespaces.
-pytest_plugins = ["tests.servers", "tests.people", "tests.browser", "tests.wireguard"]
+pytest_plugins = ["tests.servers", "tests.people", "tests.browser", "tests.wireguard", "tests.hypervisors"]
 
 
 class LiveServer:
@@ -70,6 +70,11 @@ def live(asgi_server, transactional_db):
     return asgi_server
 
 
+# The hypervisor hosts of the appliance tests (tests/hypervisors.py); their
+# jobs run on these queues, as they would on each host's own worker.
+TEST_HOST_QUEUES = ["host.hv1", "host.hv2"]
+
+
 @pytest.fixture(scope="session")
 def celery_worker_thread(django_db_setup, django_db_blocker):
     """A real Celery worker on the real Redis broker, consuming every app queue."""
@@ -81,8 +86,10 @@ def celery_worker_thread(django_db_setup, django_db_blocker):
         with start_worker(
             app,
             pool="threads",
-            concurrency=2,
-            queues=settings.CELERY_APP_QUEUES,
+            # Appliance jobs hold a thread while an image builds or a VM
+            # migrates; the gateway's syncs must not wait behind them.
+            concurrency=4,
+            queues=[*settings.CELERY_APP_QUEUES, *TEST_HOST_QUEUES],
             perform_ping_check=False,
             shutdown_timeout=20,
             loglevel="WARNING",

@@ -73,6 +73,43 @@ def a_shared_peer(owner: Client) -> int:
     return peer_id
 
 
+def an_appliance(owner: Client, status: str = "ready") -> int:
+    """An appliance whose jobs wait on a queue no worker consumes: the
+    request side (authorization, state rules) is what the matrix checks."""
+    from appliances.models import Appliance, Host, Operation
+    from appliances.services import appliance_create
+    from tests.appliances.conftest import ensure_catalog
+
+    ensure_catalog()
+    for name in ("matrix-a", "matrix-b"):
+        Host.objects.get_or_create(name=name, defaults=dict(
+            queue=f"host.test-{name}", vcpus=64, memory_mib=65536, disk_gib=1000, storage_dir="/nonexistent",
+            image_cache_dir="/nonexistent",
+        ))
+    appliance = appliance_create(actor=owner.user, name="matrix vm", template="debian-bookworm-local")
+    Operation.objects.filter(appliance=appliance).update(status="succeeded")
+    Appliance.objects.filter(pk=appliance.pk).update(status=status)
+    return appliance.pk
+
+
+def a_stopped_appliance(owner: Client) -> int:
+    return an_appliance(owner, status="stopped")
+
+
+def an_appliance_with_a_snapshot(owner: Client) -> int:
+    from appliances.models import Snapshot
+
+    appliance_id = an_appliance(owner)
+    Snapshot.objects.create(appliance_id=appliance_id, name="matrix-snap")
+    return appliance_id
+
+
+def snapshot_of(appliance_id: int) -> int:
+    from appliances.models import Snapshot
+
+    return Snapshot.objects.get(appliance_id=appliance_id).pk
+
+
 ROUTES = [
     Route("passkey detail", "get", f"{API}/passkeys/{{id}}", second_passkey, True, (200,)),
     Route("passkey rename", "patch", f"{API}/passkeys/{{id}}", second_passkey, True, (200,), {"name": "renamed"}),
@@ -88,6 +125,23 @@ ROUTES = [
     Route("peer shares", "get", f"{API}/mesh/peers/{{id}}/shares", a_shared_peer, False, (200,)),
     Route("peer share", "post", f"{API}/mesh/peers/{{id}}/shares", a_peer_and_a_grantee, False, (201,), {"handle": "grantee"}),
     Route("peer unshare", "delete", f"{API}/mesh/peers/{{id}}/shares/grantee", a_shared_peer, False, (204,)),
+    Route("appliance detail", "get", f"{API}/appliances/{{id}}", an_appliance, False, (200,)),
+    Route("appliance delete", "delete", f"{API}/appliances/{{id}}", an_appliance, False, (202,)),
+    Route("appliance start", "post", f"{API}/appliances/{{id}}/start", a_stopped_appliance, False, (202,)),
+    Route("appliance shutdown", "post", f"{API}/appliances/{{id}}/shutdown", an_appliance, False, (202,)),
+    Route("appliance reboot", "post", f"{API}/appliances/{{id}}/reboot", an_appliance, False, (202,)),
+    Route("appliance poweroff", "post", f"{API}/appliances/{{id}}/poweroff", an_appliance, False, (202,)),
+    Route("appliance migrate", "post", f"{API}/appliances/{{id}}/migrate", an_appliance, False, (202,), {}),
+    Route("appliance operations", "get", f"{API}/appliances/{{id}}/operations", an_appliance, False, (200,)),
+    # No worker serves the matrix's hosts: reaching the host (503) is what authorization allows.
+    Route("appliance console log", "get", f"{API}/appliances/{{id}}/console-log", an_appliance, False, (503,)),
+    Route("appliance snapshots", "get", f"{API}/appliances/{{id}}/snapshots", an_appliance, False, (200,)),
+    Route("appliance snapshot", "post", f"{API}/appliances/{{id}}/snapshots", an_appliance, False, (202,),
+          {"name": "matrix-new"}),
+    Route("appliance snapshot revert", "post", f"{API}/appliances/{{id}}/snapshots/{{sid}}/revert",
+          an_appliance_with_a_snapshot, False, (202,)),
+    Route("appliance snapshot delete", "delete", f"{API}/appliances/{{id}}/snapshots/{{sid}}",
+          an_appliance_with_a_snapshot, False, (202,)),
 ]
 
 
@@ -106,7 +160,7 @@ def expected(route: Route, actor: str) -> tuple[int, ...]:
 
 
 def call(client: Client, route: Route, object_id: int, **extra):
-    path = route.path.format(id=object_id)
+    path = route.path.format(id=object_id, sid=snapshot_of(object_id) if "{sid}" in route.path else "")
     if route.method in ("post", "patch"):
         return getattr(client, route.method)(path, route.body or {}, content_type="application/json", **extra)
     return getattr(client, route.method)(path, **extra)
@@ -129,7 +183,8 @@ def caller(actor: str, owner: Client) -> tuple[Client, dict]:
 
 @pytest.mark.parametrize("actor", ACTORS)
 @pytest.mark.parametrize("route", ROUTES, ids=lambda route: route.name)
-def test_owned_resource_matrix(route, actor):
+def test_owned_resource_matrix(route, actor, settings):
+    settings.APPLIANCE_HOST_ANSWER_SECONDS = 1
     owner = signed_in_person("Olive Owner")
     object_id = route.make(owner)
     client, headers = caller(actor, owner)
