@@ -239,6 +239,16 @@ def _silence_default_error_printer(_context: object, _error: object) -> None:
     reach the caller as exceptions, with what we were doing."""
 
 
+@contextmanager
+def connection(uri: str) -> Iterator[libvirt.virConnect]:
+    """A connection for one job's calls, closed after them."""
+    conn = connect(uri)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
 def connect(uri: str) -> libvirt.virConnect:
     libvirt.registerErrorHandler(_silence_default_error_printer, None)
     with _doing(f"connecting to {uri}"):
@@ -685,16 +695,22 @@ def _agent(domain: libvirt.virDomain, command: dict, timeout: int) -> dict:
         return json.loads(libvirt_qemu.qemuAgentCommand(domain, json.dumps(command), timeout, 0))
 
 
-def guest_boot_id(conn: libvirt.virConnect, uuid: str, *, timeout: float = 5) -> str | None:
-    """The running kernel's boot id (new on every boot), or None while the
-    guest agent does not answer: how a restart is told from the boot before."""
+def guest_booted(conn: libvirt.virConnect, uuid: str, *, timeout: float = 5) -> str | None:
+    """The running kernel's boot id (new on every boot) once the guest's
+    init says the boot is over (systemd: `running` or `degraded`), else
+    None. The agent answers early in a boot, and its channel can drop while
+    units still start, so an answer alone does not make a guest ready."""
     try:
         if not guest_ping(conn, uuid, timeout=int(max(1, timeout))):
             return None
-        code, out, _ = guest_exec(conn, uuid, ["cat", "/proc/sys/kernel/random/boot_id"], timeout=timeout)
+        script = "cat /proc/sys/kernel/random/boot_id; systemctl is-system-running || true"
+        code, out, _ = guest_exec(conn, uuid, ["sh", "-c", script], timeout=timeout)
     except HypervisorError:
         return None
-    return out.strip() or None if code == 0 else None
+    lines = out.split()
+    if code != 0 or len(lines) < 2 or lines[1] not in ("running", "degraded"):
+        return None
+    return lines[0]
 
 
 def guest_ping(conn: libvirt.virConnect, uuid: str, *, timeout: int = 5) -> bool:

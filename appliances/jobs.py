@@ -96,8 +96,9 @@ def set_status(appliance: Appliance, status: str | None = None, detail: str | No
         current.status_detail = (detail or "")[:200]
         for name, value in fields.items():
             setattr(current, name, value)
-        # A guest that phoned home before the worker got to record `booting`.
-        if current.status == Status.BOOTING and current.phoned_home_at and "boot_deadline" in fields:
+        # A first boot that phoned home before the worker got to record `booting`.
+        if (current.status == Status.BOOTING and current.phoned_home_at and current.ready_at is None
+                and "boot_deadline" in fields):
             current.status, current.ready_at, current.boot_deadline = Status.READY, timezone.now(), None
             changed += ["ready_at", "boot_deadline"]
         current.save(update_fields=list(dict.fromkeys(changed)))
@@ -259,7 +260,8 @@ def prepare_disk_and_seed(appliance: Appliance, host: Host, entry: CacheEntry, *
 def _boot_watch(appliance: Appliance) -> None:
     deadline = timezone.now() + timedelta(seconds=settings.APPLIANCE_BOOT_TIMEOUT_SECONDS)
     first_boot = appliance.phoned_home_at is None
-    detail = "booting; cloud-init phones home when it is done" if first_boot else "booting; waiting for the guest agent"
+    detail = ("booting; cloud-init phones home when it is done" if first_boot
+              else "booting; ready when the guest agent says the boot is over")
     set_status(appliance, Status.BOOTING, detail, boot_deadline=deadline)
     if appliance.status == Status.BOOTING:
         countdown = settings.APPLIANCE_BOOT_TIMEOUT_SECONDS if first_boot else 3
@@ -273,65 +275,46 @@ def _create(op: Operation, appliance: Appliance) -> dict:
     entry = ensure_cached(host, appliance.template, on_detail=lambda text: set_status(appliance, detail=text))
     set_status(appliance, Status.PROVISIONING, "making the linked clone and the cloud-init seed")
     prepare_disk_and_seed(appliance, host, entry)
-    conn = hypervisor.connect(host.libvirt_uri)
-    try:
+    with hypervisor.connection(host.libvirt_uri) as conn:
         xml = hypervisor.domain_xml(domain_spec(appliance, host, entry, _acceleration(host, entry, conn)))
         _check_not_deleting(appliance)
         hypervisor.define_and_start(conn, xml)
-    finally:
-        conn.close()
     _boot_watch(appliance)
     return {"host": host.name, "image": entry.digest}
-
-
-def _connect(appliance: Appliance):
-    return hypervisor.connect(appliance.host.libvirt_uri)
 
 
 def _start(op: Operation, appliance: Appliance) -> dict:
     Appliance.objects.filter(pk=appliance.pk).update(previous_boot_id="")
     appliance.previous_boot_id = ""
     entry = CacheEntry.objects.get(host=appliance.host, template=appliance.template)
-    conn = _connect(appliance)
-    try:
+    with hypervisor.connection(appliance.host.libvirt_uri) as conn:
         xml = hypervisor.domain_xml(domain_spec(appliance, appliance.host, entry, _acceleration(appliance.host, entry, conn)))
         hypervisor.define_and_start(conn, xml)
-    finally:
-        conn.close()
     _boot_watch(appliance)
     return {}
 
 
 def _shutdown(op: Operation, appliance: Appliance) -> dict:
     set_status(appliance, detail="shutting down (ACPI)")
-    conn = _connect(appliance)
-    try:
+    with hypervisor.connection(appliance.host.libvirt_uri) as conn:
         how = hypervisor.shutdown(conn, str(appliance.domain_uuid), timeout=settings.APPLIANCE_SHUTDOWN_TIMEOUT_SECONDS)
-    finally:
-        conn.close()
     set_status(appliance, Status.STOPPED, "" if how == "clean" else "forced off after the shutdown timeout")
     return {"shutdown": how}
 
 
 def _reboot(op: Operation, appliance: Appliance) -> dict:
-    conn = _connect(appliance)
-    try:
-        boot_id = hypervisor.guest_boot_id(conn, str(appliance.domain_uuid)) or ""
+    with hypervisor.connection(appliance.host.libvirt_uri) as conn:
+        boot_id = hypervisor.guest_booted(conn, str(appliance.domain_uuid)) or ""
         Appliance.objects.filter(pk=appliance.pk).update(previous_boot_id=boot_id)
         appliance.previous_boot_id = boot_id
         hypervisor.reboot(conn, str(appliance.domain_uuid))
-    finally:
-        conn.close()
     _boot_watch(appliance)
     return {}
 
 
 def _poweroff(op: Operation, appliance: Appliance) -> dict:
-    conn = _connect(appliance)
-    try:
+    with hypervisor.connection(appliance.host.libvirt_uri) as conn:
         hypervisor.force_off(conn, str(appliance.domain_uuid))
-    finally:
-        conn.close()
     set_status(appliance, Status.STOPPED, "powered off")
     return {}
 
@@ -343,14 +326,11 @@ def _settled_status(conn, appliance: Appliance) -> str:
 
 def _snapshot_create(op: Operation, appliance: Appliance) -> dict:
     name = op.params["name"]
-    conn = _connect(appliance)
-    try:
+    with hypervisor.connection(appliance.host.libvirt_uri) as conn:
         uuid = str(appliance.domain_uuid)
         if not any(s["name"] == name for s in hypervisor.snapshot_list(conn, uuid)):
             hypervisor.snapshot_create(conn, uuid, name, op.params.get("description", ""))
         info = next(s for s in hypervisor.snapshot_list(conn, uuid) if s["name"] == name)
-    finally:
-        conn.close()
     Snapshot.objects.get_or_create(appliance=appliance, name=name, defaults={
         "description": op.params.get("description", ""), "with_memory": bool(info.get("memory")),
         "state": info.get("state", ""),
@@ -360,24 +340,18 @@ def _snapshot_create(op: Operation, appliance: Appliance) -> dict:
 
 
 def _snapshot_revert(op: Operation, appliance: Appliance) -> dict:
-    conn = _connect(appliance)
-    try:
+    with hypervisor.connection(appliance.host.libvirt_uri) as conn:
         hypervisor.snapshot_revert(conn, str(appliance.domain_uuid), op.params["name"])
         status = _settled_status(conn, appliance)
-    finally:
-        conn.close()
     set_status(appliance, status, f"reverted to {op.params['name']}")
     return {"snapshot": op.params["name"]}
 
 
 def _snapshot_delete(op: Operation, appliance: Appliance) -> dict:
-    conn = _connect(appliance)
-    try:
+    with hypervisor.connection(appliance.host.libvirt_uri) as conn:
         uuid = str(appliance.domain_uuid)
         if any(s["name"] == op.params["name"] for s in hypervisor.snapshot_list(conn, uuid)):
             hypervisor.snapshot_delete(conn, uuid, op.params["name"])
-    finally:
-        conn.close()
     Snapshot.objects.filter(appliance=appliance, name=op.params["name"]).delete()
     push(appliance)
     return {"snapshot": op.params["name"]}
@@ -400,11 +374,8 @@ def _migrate(op: Operation, appliance: Appliance) -> dict | None:
             op.settle(status=StepStatus.PENDING, retry_in=0)
         return None
     entry = CacheEntry.objects.get(host=target, template=appliance.template)
-    conn = hypervisor.connect(target.libvirt_uri)
-    try:
+    with hypervisor.connection(target.libvirt_uri) as conn:
         dest_xml = hypervisor.domain_xml(domain_spec(appliance, target, entry, _acceleration(target, entry, conn)))
-    finally:
-        conn.close()
 
     last = [0.0]
 
@@ -436,11 +407,8 @@ def _migrate(op: Operation, appliance: Appliance) -> dict | None:
 
 
 def _delete(op: Operation, appliance: Appliance) -> None:
-    conn = _connect(appliance)
-    try:
+    with hypervisor.connection(appliance.host.libvirt_uri) as conn:
         hypervisor.undefine(conn, str(appliance.domain_uuid))
-    finally:
-        conn.close()
     shutil.rmtree(paths_on(appliance.host, appliance).directory, ignore_errors=True)
     with transaction.atomic():
         if appliance.peer_id:
@@ -545,11 +513,8 @@ def watch_boot(appliance_id: int) -> None:
         return
     now = timezone.now()
     if appliance.phoned_home_at is not None:
-        conn = _connect(appliance)
-        try:
-            boot_id = hypervisor.guest_boot_id(conn, str(appliance.domain_uuid))
-        finally:
-            conn.close()
+        with hypervisor.connection(appliance.host.libvirt_uri) as conn:
+            boot_id = hypervisor.guest_booted(conn, str(appliance.domain_uuid))
         if boot_id and boot_id != appliance.previous_boot_id:
             try:
                 set_status(appliance, Status.READY, "", ready_at=now, boot_deadline=None)
@@ -576,16 +541,13 @@ def probe_host(host_id: int) -> None:
     if host is None:
         return
     try:
-        conn = hypervisor.connect(host.libvirt_uri)
-        try:
+        with hypervisor.connection(host.libvirt_uri) as conn:
             facts = hypervisor.host_facts(conn)
             entry = CacheEntry.objects.filter(host=host, status=StepStatus.SUCCEEDED).exclude(kernel_path="").first()
             accel, detail = hypervisor.detect_acceleration(
                 conn, kernel=Path(entry.kernel_path) if entry else None,
                 initrd=Path(entry.initrd_path) if entry else None,
             )
-        finally:
-            conn.close()
     except TRANSIENT as exc:
         Host.objects.filter(pk=host.pk).update(last_error=str(exc)[:2000])
         return
@@ -605,12 +567,9 @@ def reconcile_host(host_id: int) -> dict:
     if host is None:
         return {}
     try:
-        conn = hypervisor.connect(host.libvirt_uri)
-        try:
+        with hypervisor.connection(host.libvirt_uri) as conn:
             domains = {d["uuid"]: d for d in hypervisor.list_domains(conn)}
             facts = hypervisor.host_facts(conn)
-        finally:
-            conn.close()
     except TRANSIENT as exc:
         Host.objects.filter(pk=host.pk).update(last_error=f"unreachable: {exc}"[:2000])
         return {"error": str(exc)}

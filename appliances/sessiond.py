@@ -86,6 +86,10 @@ class SessionDaemon:
         return self.runtime_dir / "libvirt" / "libvirt-sock"
 
     @property
+    def log(self) -> Path:
+        return self.home / "libvirtd.log"
+
+    @property
     def uri(self) -> str:
         return f"qemu+unix:///session?socket={self.socket}"
 
@@ -106,9 +110,10 @@ class SessionDaemon:
                               if line.startswith("host_uuid")), None)
         # Its start-up complaints (no system D-Bus, no dnsmasq, no DMI here)
         # go to a file, not into the supervisor's terminal.
-        conf.write_text(f'host_uuid = "{host_uuid or uuid.uuid4()}"\n'
-                        f'log_outputs = "3:file:{self.home / "libvirtd.log"}"\n')
-        os.chown(conf, uid, gid)
+        conf.write_text(f'host_uuid = "{host_uuid or uuid.uuid4()}"\nlog_outputs = "3:file:{self.log}"\n')
+        self.log.touch()
+        for path in (conf, self.log):
+            os.chown(path, uid, gid)
         # A socket left by a daemon that was killed would stop the next one.
         self.socket.unlink(missing_ok=True)
         return account

@@ -28,7 +28,7 @@ Run as root from the project root:  .venv/bin/python bench/appliance_boot.py
    ASGI app (uvicorn in a thread of this process, guests reach it at 10.0.2.2).
    Reference: plain `qemu-system-x86_64 -accel tcg` with the same kernel, initrd,
    command line, machine, CPU model, vCPUs, memory, virtio disk (a qcow2 overlay
-   on the same image), SATA seed CD, user-mode NIC, virtio RNG and guest agent
+   on the same image), seed drive, user-mode NIC, virtio RNG and guest agent
    channel as the domain libvirt starts, and a seed with the same user-data
    (hostname, a wg0.conf and the runcmd that starts wg-quick@wg0, phone_home),
    whose phone home goes to a bare http.server on another port. The mesh gateway
@@ -77,7 +77,7 @@ sys.path.insert(0, str(ROOT))
 from infrasim_site.localredis import free_port, redis_answers, start_private_redis  # noqa: E402  (needs ROOT on the path)
 
 BUILT_TEMPLATE = "debian-bookworm-local"
-BIG_TEMPLATE = "bench-derived-large"
+LARGE_TEMPLATE = "bench-derived-large"
 SHARED_IMAGE_CACHE = Path("/var/cache/infrasim")
 API = "/api/meshnet"
 VCPUS, MEMORY_MIB = 1, 512
@@ -90,10 +90,6 @@ SESSION_LOGIN_BACKEND = "django_otp_webauthn.backends.WebAuthnBackend"
 
 
 # --- small helpers ------------------------------------------------------------------------
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values)
 
 
 def gib(size: int) -> str:
@@ -522,10 +518,12 @@ def plain_qemu_command(name: str, image: BenchImage, *, overlay: Path, seed: Pat
 
 
 class Bench:
-    def __init__(self, args, workdir: Path, daemon: SessionLibvirtd, host, client, neighbours: Neighbours,
+    """One sample of each figure per call, each leaving nothing behind."""
+
+    def __init__(self, args, workdir: Path, daemon: SessionLibvirtd, host, client,
                  phone_home: PhoneHomeListener | None):
         self.args, self.workdir, self.daemon, self.host = args, workdir, daemon, host
-        self.client, self.neighbours, self.phone_home = client, neighbours, phone_home
+        self.client, self.phone_home = client, phone_home
         self.counter = 0
 
     def next_name(self, prefix: str) -> str:
@@ -610,7 +608,7 @@ class Bench:
     def full_copy_to_running(self, image: BenchImage) -> Sample:
         from appliances import hypervisor
 
-        name = self.next_name(f"bench-fullcopy-{image.label}")
+        name = self.next_name(f"copy{image.label}")
         directory = Path(self.host.storage_dir) / name
         domain_uuid = str(uuid.uuid4())
         conn = None
@@ -621,7 +619,8 @@ class Bench:
             disk = directory / "disk.qcow2"
             run(["qemu-img", "convert", "-f", "qcow2", "-O", "qcow2", str(image.disk), str(disk)])
             self.daemon.own(disk)
-            seed = reference_seed(directory, hostname=name, phone_home_url="http://10.0.2.2:9/unused",
+            # The domain goes before its guest could phone home; the URL only gives the seed its shape.
+            seed = reference_seed(directory, hostname=name, phone_home_url="http://10.0.2.2:9/phone-home/unused",
                                   listen_port=self.listen_port)
             self.daemon.own(seed)
             copied = time.perf_counter()
@@ -763,9 +762,9 @@ def forget_queues(redis_url: str, queues: list[str]) -> None:
         client.close()
 
 
-def report(args, results: dict, neighbours: Neighbours, images: list[BenchImage]) -> None:
-    running = {image.label: median([s.seconds for s in results["ours", image.label]]) for image in images}
-    copy = {image.label: median([s.seconds for s in results["copy", image.label]]) for image in images}
+def report(results: dict, neighbours: Neighbours, images: list[BenchImage]) -> None:
+    running = {image.label: statistics.median([s.seconds for s in results["ours", image.label]]) for image in images}
+    copy = {image.label: statistics.median([s.seconds for s in results["copy", image.label]]) for image in images}
     print("\n## medians")
     print(f"{'template':<9} {'api_to_running_s':>16} {'full_copy_s':>12} {'ratio':>7}")
     for image in images:
@@ -773,8 +772,8 @@ def report(args, results: dict, neighbours: Neighbours, images: list[BenchImage]
               f"{running[image.label] / copy[image.label]:>7.3f}")
     ready = plain = None
     if ("ours", "ready") in results:
-        ready = median([s.seconds for s in results["ours", "ready"]])
-        plain = median([s.seconds for s in results["plain", "ready"]])
+        ready = statistics.median([s.seconds for s in results["ours", "ready"]])
+        plain = statistics.median([s.seconds for s in results["plain", "ready"]])
         print(f"api_to_ready_s {ready:.1f}   plain_qemu_ready_s {plain:.1f}   ratio {ready / plain:.3f}")
     disturbed = sum(s.disturbed for samples in results.values() for s in samples)
     waited = f"waited {neighbours.waited_s:.0f} s in all for other users' QEMU to end" if neighbours.waited_s >= 1 \
@@ -821,7 +820,7 @@ def main() -> int:
     host_name, mesh_queue = f"bench{pid}", f"bench-boot-mesh-{pid}"
 
     with contextlib.ExitStack() as cleanup:
-        workdir = Path(tempfile.mkdtemp(prefix="ibboot-"))
+        workdir = Path(tempfile.mkdtemp(prefix="ibb-"))
         cleanup.callback(shutil.rmtree, workdir, True)
         os.chmod(workdir, 0o711)  # the session daemon's user reaches its own directories in here
         for directory in ("storage", "cache"):
@@ -864,7 +863,7 @@ def main() -> int:
 
         from appliances import images as image_cache
         from appliances import jobs, services
-        from appliances.models import CacheEntry, Host, Template
+        from appliances.models import CacheEntry, Template
         from infrasim_site.celery import app
         from infrasim_site.steps import StepStatus
 
@@ -886,7 +885,7 @@ def main() -> int:
                   "with qemu-io (untimed)...", flush=True)
             disk = derive_large_image(small, workdir / "cache" / "derived", size_gib=args.large_gib,
                                       fill_gib=args.fill_gib)
-            large = image_facts(f"{args.large_gib}g", BIG_TEMPLATE, disk, built.kernel, built.initrd)
+            large = image_facts(f"{args.large_gib}g", LARGE_TEMPLATE, disk, built.kernel, built.initrd)
             register_large_template(host, large)
             images.append(large)
 
@@ -921,7 +920,7 @@ def main() -> int:
         print(f"# domains: {VCPUS} vCPU, {MEMORY_MIB} MiB, disk = the template's size; "
               f"medians of {args.runs} run(s), ours and the reference alternating")
 
-        bench = Bench(args, workdir, daemon, host, client, neighbours, phone_home)
+        bench = Bench(args, workdir, daemon, host, client, phone_home)
         print("# warming up (untimed): one create -> running -> delete, and one full copy", flush=True)
         bench.ours_to_running(small)
         bench.full_copy_to_running(small)
@@ -962,7 +961,7 @@ def main() -> int:
                           flush=True)
             print("  started: ours, the create job done (domain started, `booting` recorded); "
                   "plain, QEMU spawned (overlay and seed made)")
-        report(args, results, neighbours, images)
+        report(results, neighbours, images)
     return 0
 
 

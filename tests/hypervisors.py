@@ -7,9 +7,8 @@ worker, talks to both as a client over their sockets.
 
     /tmp/ihv-<token>/            the run (root, 0755); owner.pid names the pytest process
         images/                  world-readable base images both hosts share
-        hv1/                     infrasim-hv1, 0700
-            cfg/ run/ cache/     XDG_CONFIG_HOME, XDG_RUNTIME_DIR, XDG_CACHE_HOME
-            storage/             the host's storage directory (0750)
+        hv1/                     infrasim-hv1: a SessionDaemon home (appliances/sessiond.py,
+                                 the same daemon `make run` runs as root)
         hv2/ ...
         kvm/                     infrasim-kvm: a third host, only for the KVM probe
                                  (`kvm_libvirt_host`), whose daemon may open /dev/kvm
@@ -42,7 +41,8 @@ import libvirt
 import pytest
 
 from appliances import hypervisor
-from appliances.sessiond import DAEMON, ensure_user
+from appliances.sessiond import DAEMON, SessionDaemon, ensure_user
+from tests.mesh.netns import _pid_alive
 
 USERS = ("infrasim-hv1", "infrasim-hv2", "infrasim-kvm")
 RUN_ROOT = Path("/tmp")
@@ -51,16 +51,6 @@ START_TIMEOUT_S = 20
 
 def _ensure_user(name: str):
     return ensure_user(name, comment="InfraSim test hypervisor")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _processes_under(directory: Path) -> list[int]:
@@ -136,28 +126,20 @@ class LibvirtHost:
     process: subprocess.Popen | None = None
 
     @property
-    def config_dir(self) -> Path:
-        return self.home / "cfg"
-
-    @property
-    def runtime_dir(self) -> Path:
-        return self.home / "run"
-
-    @property
-    def cache_dir(self) -> Path:
-        return self.home / "cache"
+    def daemon(self) -> SessionDaemon:
+        return SessionDaemon(self.home, self.user)
 
     @property
     def storage_dir(self) -> Path:
-        return self.home / "storage"
+        return self.daemon.storage_dir
 
     @property
     def socket(self) -> Path:
-        return self.runtime_dir / "libvirt" / "libvirt-sock"
+        return self.daemon.socket
 
     @property
     def uri(self) -> str:
-        return f"qemu+unix:///session?socket={self.socket}"
+        return self.daemon.uri
 
     migration_address = "127.0.0.1"
 
@@ -165,26 +147,8 @@ class LibvirtHost:
         return hypervisor.connect(self.uri)
 
     def start(self) -> None:
-        for directory in (self.home, self.config_dir, self.runtime_dir, self.cache_dir):
-            directory.mkdir(mode=0o700)
-            os.chown(directory, self.uid, self.gid)
-        self.storage_dir.mkdir(mode=0o750)
-        os.chown(self.storage_dir, self.uid, self.gid)
-        conf = self.config_dir / "libvirt" / "libvirtd.conf"
-        conf.parent.mkdir(mode=0o700)
-        # `virsh sysinfo` has no SMBIOS here to take a UUID from, and libvirt
-        # refuses to migrate between two hosts with the same one.
-        conf.write_text(f'host_uuid = "{self.host_uuid}"\n')
-        for path in (conf.parent, conf):
-            os.chown(path, self.uid, self.gid)
-        environment = {
-            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-            "HOME": str(self.home),
-            "XDG_CONFIG_HOME": str(self.config_dir),
-            "XDG_RUNTIME_DIR": str(self.runtime_dir),
-            "XDG_CACHE_HOME": str(self.cache_dir),
-            "LANG": "C.UTF-8",
-        }
+        self.daemon.prepare(self.host_uuid)
+        environment = self.daemon.environment()
         if not self.kvm_device:
             command, as_user = DAEMON, {"user": self.uid, "group": self.gid, "extra_groups": []}
         else:
@@ -201,7 +165,7 @@ class LibvirtHost:
                 str(node), str(self.uid), str(self.gid), *DAEMON,
             ]
             as_user = {}
-        with open(self.home / "libvirtd.log", "wb") as log:
+        with open(self.daemon.log, "ab") as log:
             self.process = subprocess.Popen(
                 command, env=environment, cwd=self.home, stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True, **as_user,
@@ -209,7 +173,7 @@ class LibvirtHost:
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             if self.process.poll() is not None:
-                raise RuntimeError(f"libvirtd of {self.user} exited: {(self.home / 'libvirtd.log').read_text()}")
+                raise RuntimeError(f"libvirtd of {self.user} exited: {self.daemon.log.read_text()}")
             if self.socket.exists():
                 try:
                     self.connect().close()

@@ -60,3 +60,11 @@ def bob(db):
 @pytest.fixture()
 def operator(db):
     return signed_in_person("Olga Operator", operator=True)
+
+
+@pytest.fixture()
+def operator_client(db):
+    """An operator's browser with a forced session: enough for the admin's
+    pages and actions (secret exports need a passkey session: `operator`)."""
+    operator = User.objects.create_user(display_name="Olga", is_staff=True, is_superuser=True, signup_state="active")
+    return client_for(operator)

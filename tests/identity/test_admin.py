@@ -1,6 +1,5 @@
 import re
 
-import pytest
 from django.test import Client
 
 from forensics import ledger
@@ -9,14 +8,6 @@ from identity.models import Identity, ProvisioningStep, User
 from identity.provisioning import identity_claim
 
 BACKEND = "django_otp_webauthn.backends.WebAuthnBackend"
-
-
-@pytest.fixture()
-def operator_client(db):
-    operator = User.objects.create_user(display_name="Olga", is_staff=True, is_superuser=True, signup_state="active")
-    client = Client()
-    client.force_login(operator, backend=BACKEND)
-    return client
 
 
 def test_admin_sign_in_goes_through_the_passkey_page(client):

@@ -1,18 +1,8 @@
-import pytest
-from django.test import Client
 
 from forensics.models import LedgerEntry
 from identity.models import User
 from mesh.models import MeshNetwork, Peer
 from mesh.services import network_create, peer_create
-
-
-@pytest.fixture()
-def operator_client(db):
-    operator = User.objects.create_user(display_name="Olga", is_staff=True, is_superuser=True, signup_state="active")
-    client = Client()
-    client.force_login(operator, backend="django_otp_webauthn.backends.WebAuthnBackend")
-    return client
 
 
 def add_network(client, **fields):
