@@ -23,10 +23,12 @@ import fcntl
 import hashlib
 import http.client
 import json
+import lzma
 import os
 import re
 import shutil
 import subprocess
+import tarfile
 import tempfile
 import urllib.error
 import urllib.parse
@@ -231,6 +233,8 @@ def fetch(
             actual = _download(url, download, algorithm, progress)
             if actual != digest.partition(":")[2]:
                 raise ChecksumMismatch(url, digest, f"{algorithm}:{actual}")
+            if tarfile.is_tarfile(download):
+                download = _unpack_disk(download)
             disk_format, virtual_size = _inspect(download)
             download.rename(blob / DISK_NAMES[disk_format])
             _install_blob(cache_dir, blob, name, disk_format, virtual_size)
@@ -473,6 +477,27 @@ def _download(url: str, destination: Path, algorithm: str, progress: Callable[[i
     if total is not None and received != total:
         raise ImageError(f"The download of {url} broke off after {received} of {total} bytes.")
     return hasher.hexdigest()
+
+
+DISK_MEMBER_SUFFIXES = (".raw", ".img", ".qcow2")
+
+
+def _unpack_disk(archive: Path) -> Path:
+    """Some publishers ship the image in a tarball (Kali: disk.raw in a
+    .tar.xz). The digest covers the archive; the one disk inside becomes the
+    cached image, written under a fixed name (member paths are never used)."""
+    unpacked = archive.with_name("unpacked")
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            disks = [m for m in tar.getmembers() if m.isfile() and m.name.endswith(DISK_MEMBER_SUFFIXES)]
+            if len(disks) != 1:
+                raise ImageError(f"The archive holds {len(disks)} disk images; exactly one is needed.")
+            with tar.extractfile(disks[0]) as source, open(unpacked, "xb") as out:
+                shutil.copyfileobj(source, out, CHUNK_BYTES)
+    except (tarfile.TarError, EOFError, lzma.LZMAError) as exc:
+        raise ImageError(f"The image archive cannot be read: {exc}.") from exc
+    archive.unlink()
+    return unpacked
 
 
 def _inspect(disk: Path) -> tuple[str, int]:
