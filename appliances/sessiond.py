@@ -28,10 +28,13 @@ from pathlib import Path
 # libvirtd daemonizes QEMU and virtlogd, so they are reparented to PID 1;
 # an init that reaps slowly makes libvirt wait for a destroyed guest's
 # zombie (1.6 s a guest here). The daemon runs under a small parent that
-# adopts its orphans (a child subreaper) and reaps them at once. It is
-# /usr/bin/python3, not the venv's: the daemon's user may not read it.
+# adopts its orphans (a child subreaper) and reaps them at once. When the
+# daemon stops, what it left running (its guests, virtlogd) stops with it:
+# SIGTERM, which QEMU takes as a power cut after flushing its disks, then
+# SIGKILL after 10 s. It is /usr/bin/python3, not the venv's: the daemon's
+# user may not read the venv.
 REAPER = """
-import ctypes, os, signal, sys
+import ctypes, os, signal, sys, time
 ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
 daemon = os.fork()
 if daemon == 0:
@@ -41,7 +44,32 @@ signal.signal(signal.SIGINT, lambda *_: os.kill(daemon, signal.SIGTERM))
 while True:
     pid, status = os.waitpid(-1, 0)
     if pid == daemon:
-        sys.exit(os.waitstatus_to_exitcode(status))
+        code = os.waitstatus_to_exitcode(status)
+        break
+def children():
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                if int(stat.read().rsplit(")", 1)[1].split()[1]) == os.getpid():
+                    found.append(int(entry))
+        except (OSError, ValueError, IndexError):
+            pass
+    return found
+for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+    for pid in children():
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    while children() and time.monotonic() < deadline:
+        try:
+            os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        time.sleep(0.05)
+sys.exit(code)
 """
 DAEMON = ["/usr/bin/python3", "-c", REAPER, "libvirtd", "--timeout", "0"]
 

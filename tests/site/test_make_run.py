@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -49,6 +51,9 @@ class Stack:
             WG_GATEWAY_ENDPOINT=f"127.0.0.1:{free_udp_port()}",
         )
         self.var_dir = var_dir
+        # The local hypervisor's state (as root), kept apart per stack and removed with it.
+        self.hypervisor_dir = Path(tempfile.mkdtemp(prefix="isim-mr-"))
+        self.env["APPLIANCE_HYPERVISOR_DIR"] = str(self.hypervisor_dir)
         self.lines: list[tuple[float, str]] = []
         self.process = subprocess.Popen(
             [sys.executable, "-m", "infrasim_site.stack"],
@@ -95,14 +100,17 @@ class Stack:
         return code
 
     def leftover_processes(self) -> list[str]:
-        """Processes still carrying this run's state directory in their environment."""
-        marker = f"INFRASIM_VAR_DIR={self.var_dir}\0".encode()
+        """Processes still carrying this run's state directory (or, for the
+        hypervisor's libvirtd, virtlogd and guests, its directory) in their
+        environment."""
+        markers = (f"INFRASIM_VAR_DIR={self.var_dir}\0".encode(), f"HOME={self.hypervisor_dir}\0".encode())
         found = []
         for proc in Path("/proc").iterdir():
             if not proc.name.isdigit() or int(proc.name) == os.getpid():
                 continue
             try:
-                if marker in (proc / "environ").read_bytes():
+                environ = (proc / "environ").read_bytes()
+                if any(marker in environ for marker in markers):
                     found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
             except OSError:
                 continue
@@ -129,6 +137,7 @@ def stack_factory(tmp_path):
     for stack in stacks:
         if stack.process.poll() is None:
             stack.interrupt()
+        shutil.rmtree(stack.hypervisor_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +152,7 @@ def running_stack(tmp_path_factory):
                 stack.interrupt()
             except subprocess.TimeoutExpired:
                 stack.kill()
+        shutil.rmtree(stack.hypervisor_dir, ignore_errors=True)
 
 
 # Ctrl-C runs first, on its own stack, before the module's shared stack starts.
