@@ -229,7 +229,8 @@ def test_an_appliances_whole_life_on_real_vms(hosts, libvirt_hosts, mesh, worker
     assert alice_api.get(f"{API}/appliances/{web_id}").status_code == 404
     for fixture_host in libvirt_hosts:
         assert domains_on(fixture_host) == []
-        assert list(fixture_host.storage_dir.iterdir()) == [], "files left behind"
+        for name in (web.domain_name, f"infrasim-{bobs_id}"):
+            assert not (fixture_host.storage_dir / name).exists(), f"files of {name} left behind"
     assert not Peer.objects.filter(public_key=peer_key, status="active").exists()
     mesh.wait_applied()
     assert peer_key not in mesh.topology.gateway.wg.peers(), "the appliance's peer is still on the gateway"

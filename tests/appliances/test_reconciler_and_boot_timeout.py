@@ -5,6 +5,7 @@ phones home fails, with its serial log attached)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import uuid as uuidlib
 from datetime import timedelta
@@ -31,6 +32,9 @@ def host(libvirt_hosts, transactional_db, settings):
     )
     yield row
     libvirt_hosts.remove_all_domains()
+    # The host's storage is shared by the session's tests: leave it empty.
+    for path in fixture_host.storage_dir.iterdir():
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def an_appliance(name: str, status: str) -> Appliance:
