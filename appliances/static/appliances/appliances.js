@@ -219,8 +219,15 @@
     else openSnapshots.delete(details.dataset.snapshotsOf);
   }, true);
 
+  // The create button is served disabled; it works once this script handles it.
+  function armForms() {
+    document.querySelectorAll("#appliances-card [data-until-script]").forEach((button) => (button.disabled = false));
+  }
+  armForms();
+
   document.addEventListener("htmx:afterSwap", (event) => {
     if (event.detail.target.id !== "appliances-slot") return;
+    armForms();
     syncTemplate();
     openSnapshots.forEach((id) => {
       const details = document.querySelector('#appliances-card details[data-snapshots-of="' + id + '"]');

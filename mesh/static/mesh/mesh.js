@@ -164,8 +164,17 @@
 
   document.addEventListener("mesh-notice", (event) => say(event.detail.level, event.detail.message));
 
+  // The form's button is served disabled; it works once this script handles it.
+  function armForms() {
+    document.querySelectorAll("#mesh-card [data-until-script]").forEach((button) => (button.disabled = false));
+  }
+  armForms();
+
   document.addEventListener("htmx:afterSwap", (event) => {
-    if (event.detail.target && event.detail.target.id === "mesh-slot") placeSecret();
+    if (event.detail.target && event.detail.target.id === "mesh-slot") {
+      placeSecret();
+      armForms();
+    }
   });
 
   // Events sent while the socket was down are lost: catch up once it is back.
