@@ -42,7 +42,9 @@ temporary directory, as tests/hypervisors.py does; QEMU runs TCG under it.
 
 Another user's QEMU on this 2-core machine would distort the figures: before
 every sample the bench waits until no other qemu-system process runs (up to
---wait-minutes), and a sample during which one ran is measured again (--redo).
+--wait-minutes), and a sample during which one ran is measured again (--redo),
+as is a boot to ready during which the machine kept more than --max-busy-cpus
+busy (other users' work that is not QEMU).
 
 Everything lives in a temporary directory (INFRASIM_VAR_DIR with SQLite, the
 session daemon's directories, the host's storage, the derived image); the
@@ -59,6 +61,7 @@ import functools
 import http.server
 import os
 import pwd
+import re
 import shutil
 import signal
 import statistics
@@ -87,6 +90,8 @@ TARGET_RUNNING_S = 1.0
 TARGET_FLAT = 1.2  # the large template's time within 20% of the small one's
 TARGET_READY_RATIO = 1.1
 SESSION_LOGIN_BACKEND = "django_otp_webauthn.backends.WebAuthnBackend"
+# cloud-init's last stage (phone_home runs in it), with the guest's uptime then.
+FINAL_STAGE = re.compile(r"running 'modules:final' at .*? Up ([\d.]+) seconds")
 
 
 # --- small helpers ------------------------------------------------------------------------
@@ -152,12 +157,15 @@ def _zombie(pid: int) -> bool:
 
 class Neighbours:
     """Other users' qemu-system processes (what `pgrep -f qemu-system` finds,
-    minus zombies, whose command line is empty, and minus ours): waited for
-    before each sample, and watched during it, so a disturbed sample is redone."""
+    minus zombies, whose command line is empty, and minus ours) and other
+    work on the machine: waited for before each sample; QEMU is also watched
+    during it, so a disturbed sample is redone."""
 
-    def __init__(self, ours: Path, max_wait_s: float):
+    IDLE_PROBE_S = 3.0
+
+    def __init__(self, ours: Path, max_wait_s: float, idle_cpus: float):
         self.ours = str(ours).encode() + b"/"
-        self.max_wait_s = max_wait_s
+        self.max_wait_s, self.idle_cpus = max_wait_s, idle_cpus
         self.waited_s = 0.0
         self.seen_pids: set[int] = set()
         self.sightings: list[float] = []
@@ -195,26 +203,59 @@ class Neighbours:
         self._stop.set()
         self._thread.join(timeout=5)
 
+    def _busy_now(self) -> float:
+        before = cpu_jiffies()
+        time.sleep(self.IDLE_PROBE_S)
+        return busy_cpus(before, cpu_jiffies(), self.IDLE_PROBE_S)
+
     def wait_quiet(self) -> bool:
-        """True once no other QEMU runs; False when --wait-minutes ran out."""
+        """True once no other QEMU runs and the machine is about idle; False
+        when --wait-minutes ran out."""
         started = time.monotonic()
-        announced = False
-        while pids := self.foreign():
-            self.seen_pids.update(pids)
-            if not announced:
-                print(f"  (waiting for other QEMU processes to end: pids {', '.join(map(str, pids))})", flush=True)
-                announced = True
+        announced = ""
+        while True:
+            if pids := self.foreign():
+                self.seen_pids.update(pids)
+                why = f"other QEMU processes to end: pids {', '.join(map(str, pids))}"
+            elif (busy := self._busy_now()) > self.idle_cpus:
+                why = f"the machine to calm down: {busy:.2f} CPUs busy"
+            else:
+                if announced:
+                    self.waited_s += time.monotonic() - started
+                return True
+            if why.split(":")[0] != announced:
+                announced = why.split(":")[0]
+                print(f"  (waiting for {why})", flush=True)
             if time.monotonic() - started > self.max_wait_s:
                 self.waited_s += time.monotonic() - started
-                print(f"  (other QEMU processes still run after {self.max_wait_s / 60:.0f} min; measuring anyway)",
+                print(f"  (still waiting for {announced} after {self.max_wait_s / 60:g} min; measuring anyway)",
                       flush=True)
                 return False
             time.sleep(2)
-        self.waited_s += time.monotonic() - started
-        return True
 
     def disturbed(self, since: float, until: float) -> bool:
         return any(since - 0.5 <= seen <= until + 0.5 for seen in self.sightings)
+
+
+def cpu_jiffies() -> tuple[int, int]:
+    """(busy, all) jiffies of the whole machine so far (/proc/stat)."""
+    with open("/proc/stat") as stat:
+        fields = [int(value) for value in stat.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_cpus(before: tuple[int, int], after: tuple[int, int], seconds: float) -> float:
+    """CPUs kept busy on average, by everybody (steal included): more than
+    ours needs means something else competed for the two cores."""
+    return (after[0] - before[0]) / os.sysconf("SC_CLK_TCK") / max(seconds, 1e-3)
+
+
+def final_stage_uptime(console: str) -> float:
+    """The guest's uptime when cloud-init started its last stage: how long
+    the guest itself took, whoever started it (NaN if the log lacks it)."""
+    found = FINAL_STAGE.findall(console)
+    return float(found[-1]) if found else float("nan")
 
 
 @dataclass
@@ -224,17 +265,23 @@ class Sample:
     disturbed: bool = False
 
 
-def measure(label: str, neighbours: Neighbours, redo: int, take) -> Sample:
-    """One sample of `take()` on a quiet machine, measured again when another
-    QEMU ran meanwhile (at most `redo` times)."""
+def measure(label: str, neighbours: Neighbours, redo: int, take, *, max_busy_cpus: float | None = None) -> Sample:
+    """One sample of `take()` on a quiet machine, measured again (at most
+    `redo` times) when another QEMU ran meanwhile or, with `max_busy_cpus`,
+    when the machine was busier than the sample alone makes it."""
     for attempt in range(redo + 1):
         quiet = neighbours.wait_quiet()
-        since = time.monotonic()
+        since, cpu_before = time.monotonic(), cpu_jiffies()
         sample = take()
-        if quiet and not neighbours.disturbed(since, time.monotonic()):
+        busy = sample.detail["busy_cpus"] = busy_cpus(cpu_before, cpu_jiffies(), time.monotonic() - since)
+        if not quiet or neighbours.disturbed(since, time.monotonic()):
+            why = "another QEMU ran during the sample"
+        elif max_busy_cpus is not None and busy > max_busy_cpus:
+            why = f"the machine kept {busy:.2f} CPUs busy, more than {max_busy_cpus:g}"
+        else:
             return sample
         if attempt < redo:
-            print(f"  ({label}: another QEMU ran during the sample; measuring again)", flush=True)
+            print(f"  ({label}: {why}; measuring again)", flush=True)
     sample.disturbed = True
     return sample
 
@@ -664,7 +711,9 @@ class Bench:
                     )
                 time.sleep(0.25)
             job_done = Operation.objects.get(appliance_id=appliance_id, kind="create").finished_at.timestamp()
-            return Sample(row["ready_at"].timestamp() - wall0, {"started_s": job_done - wall0})
+            console = jobs.console_tail(Appliance.objects.select_related("host").get(pk=appliance_id), 1 << 20)
+            return Sample(row["ready_at"].timestamp() - wall0, {"started_s": job_done - wall0,
+                                                                "final_up_s": final_stage_uptime(console)})
         finally:
             if appliance_id is not None:
                 self.delete(appliance_id)
@@ -692,7 +741,8 @@ class Bench:
                 tail = (directory / "serial.log").read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"plain QEMU: no phone home after {self.args.boot_timeout} s; "
                                    f"exit status {process.poll()}; serial tail:\n{tail}")
-            return Sample(arrived - wall0, {"started_s": started - wall0})
+            console = (directory / "serial.log").read_text(errors="replace")
+            return Sample(arrived - wall0, {"started_s": started - wall0, "final_up_s": final_stage_uptime(console)})
         finally:
             if process is not None:
                 stop_process(process)
@@ -713,9 +763,15 @@ def parse_args():
     parser.add_argument("--timeout", type=float, default=120, help="seconds to wait for a domain to run (default 120)")
     parser.add_argument("--boot-timeout", type=float, default=600, help="seconds to wait for a phone home (default 600)")
     parser.add_argument("--wait-minutes", type=float, default=20,
-                        help="how long to wait for other users' QEMU to end before a sample (default 20)")
+                        help="how long to wait for other users' QEMU to end and the machine to calm down "
+                             "before a sample (default 20)")
     parser.add_argument("--redo", type=int, default=2,
-                        help="times a sample is measured again when another QEMU ran during it (default 2)")
+                        help="times a disturbed sample is measured again (default 2)")
+    parser.add_argument("--idle-cpus", type=float, default=0.5,
+                        help="before a sample, wait until the machine keeps at most this many CPUs busy (default 0.5)")
+    parser.add_argument("--max-busy-cpus", type=float, default=1.3,
+                        help="a boot to ready during which the machine kept more CPUs busy on average (everybody's; "
+                             "one TCG guest takes about 1) is measured again (default 1.3)")
     parser.add_argument("--libvirt-user", default="nobody", help="Unix user of the session libvirtd (default nobody)")
     args = parser.parse_args()
     args.large = not args.quick
@@ -775,11 +831,17 @@ def report(results: dict, neighbours: Neighbours, images: list[BenchImage]) -> N
         ready = statistics.median([s.seconds for s in results["ours", "ready"]])
         plain = statistics.median([s.seconds for s in results["plain", "ready"]])
         print(f"api_to_ready_s {ready:.1f}   plain_qemu_ready_s {plain:.1f}   ratio {ready / plain:.3f}")
+        guest = {side: statistics.median([s.detail["final_up_s"] for s in results[side, "ready"]]) for side in ("ours", "plain")}
+        outside = {side: statistics.median([s.seconds - s.detail["final_up_s"] for s in results[side, "ready"]])
+                   for side in ("ours", "plain")}
+        print(f"  final_up_s: ours {guest['ours']:.1f}, plain {guest['plain']:.1f};   "
+              f"outside_s: ours {outside['ours']:.1f}, plain {outside['plain']:.1f}")
     disturbed = sum(s.disturbed for samples in results.values() for s in samples)
-    waited = f"waited {neighbours.waited_s:.0f} s in all for other users' QEMU to end" if neighbours.waited_s >= 1 \
-        else "never had to wait for other users' QEMU"
-    seen = f" (pids seen: {', '.join(map(str, sorted(neighbours.seen_pids)))})" if neighbours.seen_pids else ""
-    print(f"# {waited}{seen}; {disturbed} sample(s) kept although another QEMU ran during them")
+    waited = f"waited {neighbours.waited_s:.0f} s in all for other users' QEMU and work" if neighbours.waited_s >= 1 \
+        else "never had to wait for other users' QEMU or work"
+    seen = f" ({len(neighbours.seen_pids)} other QEMU processes seen during the run)" if neighbours.seen_pids else ""
+    print(f"# {waited}{seen}; {disturbed} disturbed sample(s) kept (their redos ran out); "
+          f"load average now {os.getloadavg()[0]:.2f}")
 
     print("\n## targets")
     for image in images:
@@ -808,6 +870,7 @@ def report(results: dict, neighbours: Neighbours, images: list[BenchImage]) -> N
         print(f"running/full_copy_{image.label} = {running[image.label] / copy[image.label]:.3f}")
     if ready is not None:
         print(f"ready/plain_qemu = {ready / plain:.3f}")
+        print(f"outside_guest/plain_qemu = {outside['ours'] / outside['plain']:.3f}")
 
 
 def main() -> int:
@@ -905,7 +968,7 @@ def main() -> int:
             phone_home = PhoneHomeListener()
             phone_home.start()
             cleanup.callback(phone_home.stop)
-        neighbours = Neighbours(workdir, args.wait_minutes * 60)
+        neighbours = Neighbours(workdir, args.wait_minutes * 60, args.idle_cpus)
         neighbours.start()
         cleanup.callback(neighbours.stop)
 
@@ -929,7 +992,7 @@ def main() -> int:
         print("\n## 1. API call -> domain running (ours: POST, Redis, a Celery worker thread, run_operation; "
               "reference: qemu-img convert + seed ISO + define and start)")
         print(f"{'run':>3} {'template':<8} {'side':<9} {'seconds':>8} | {'post_ms':>8} {'claim_ms':>8} {'job_ms':>8} "
-              f"| {'copy_ms':>8} {'start_ms':>8} | {'disk_MiB':>8}")
+              f"| {'copy_ms':>8} {'start_ms':>8} | {'disk_MiB':>8} {'busy_cpus':>9}")
         for image in images:
             for index in range(args.runs):
                 sides = [("ours", bench.ours_to_running), ("copy", bench.full_copy_to_running)]
@@ -941,8 +1004,8 @@ def main() -> int:
                              if side == "ours" else
                              f"{'':>8} {'':>8} {'':>8} | {d['copy_ms']:>8.1f} {d['start_ms']:>8.1f}")
                     print(f"{index + 1:>3} {image.label:<8} {'ours' if side == 'ours' else 'fullcopy':<9} "
-                          f"{sample.seconds:>8.3f} | {cells} | {d['disk_mib']:>8.1f}"
-                          + ("  (another QEMU ran)" if sample.disturbed else ""), flush=True)
+                          f"{sample.seconds:>8.3f} | {cells} | {d['disk_mib']:>8.1f} {d['busy_cpus']:>9.2f}"
+                          + ("  (disturbed)" if sample.disturbed else ""), flush=True)
         print("  post: the API request's round trip; claim: from the API call to the worker claiming the job "
               "(through Redis); job: from the claim to libvirt reporting the domain running; "
               "copy: qemu-img convert and the seed; disk: data the new disk file holds")
@@ -950,17 +1013,24 @@ def main() -> int:
         if not args.skip_ready:
             print(f"\n## 2. API call -> ready (cloud-init's phone home), template {small.label}; "
                   "reference: plain qemu-system-x86_64 -accel tcg until a bare listener gets the POST")
-            print(f"{'run':>3} {'side':<10} {'seconds':>8} {'started_s':>10}")
+            print(f"{'run':>3} {'side':<10} {'seconds':>8} {'started_s':>10} {'final_up_s':>11} {'outside_s':>10} "
+                  f"{'busy_cpus':>10}")
             for index in range(args.runs):
                 sides = [("ours", bench.ours_to_ready), ("plain", bench.plain_qemu_to_ready)]
                 for side, take in sides if index % 2 == 0 else sides[::-1]:
-                    sample = measure(f"{side} ready", neighbours, args.redo, lambda: take(small))
+                    sample = measure(f"{side} ready", neighbours, args.redo, lambda: take(small),
+                                     max_busy_cpus=args.max_busy_cpus)
                     results.setdefault((side, "ready"), []).append(sample)
+                    d = sample.detail
                     print(f"{index + 1:>3} {'ours' if side == 'ours' else 'plainqemu':<10} {sample.seconds:>8.1f} "
-                          f"{sample.detail['started_s']:>10.2f}" + ("  (another QEMU ran)" if sample.disturbed else ""),
-                          flush=True)
-            print("  started: ours, the create job done (domain started, `booting` recorded); "
-                  "plain, QEMU spawned (overlay and seed made)")
+                          f"{d['started_s']:>10.2f} {d['final_up_s']:>11.1f} {sample.seconds - d['final_up_s']:>10.1f} "
+                          f"{d['busy_cpus']:>10.2f}"
+                          + ("  (disturbed)" if sample.disturbed else ""), flush=True)
+            print("  started: ours, the create job done (domain started, `booting` recorded); plain, QEMU spawned "
+                  "(overlay and seed made); final_up: the guest's uptime when cloud-init began its last stage, "
+                  "from its serial log (it varies by seconds: the guest's RSA host key takes 4-12 s to find under "
+                  "TCG); outside: the rest, from the API call to the guest's kernel, and from that stage to its "
+                  "phone home arriving; busy_cpus: the machine's busy CPUs on average, everybody's")
         report(results, neighbours, images)
     return 0
 
