@@ -156,6 +156,18 @@ async def closed_after_output(socket, timeout: float = 20) -> websockets.frames.
     return closed.value.rcvd
 
 
+def close_of(live, user, appliance: Appliance) -> tuple[int, str]:
+    """The close code and reason the console answers `user` with at once."""
+    headers = headers_for(user, live)
+
+    async def scenario():
+        async with websockets.connect(socket_url(live, appliance), additional_headers=headers) as socket:
+            close = await closing(socket)
+            return close.code, close.reason
+
+    return asyncio.run(scenario())
+
+
 async def closing(socket, timeout: float = 20) -> websockets.frames.Close:
     """The close frame, after asserting that no data came before it."""
     with pytest.raises(websockets.ConnectionClosed) as closed:
@@ -287,41 +299,20 @@ def test_an_unreachable_host_is_named(live):
     alice = person("alice")
     appliance = console_appliance(alice, str(uuid.uuid4()),
                                   libvirt_uri="qemu+unix:///session?socket=/nonexistent/libvirt-sock")
-    headers = headers_for(alice, live)
-
-    async def scenario():
-        async with websockets.connect(socket_url(live, appliance), additional_headers=headers) as socket:
-            close = await closing(socket)
-            assert (close.code, close.reason) == (4503, "Host lab cannot be reached.")
-
-    asyncio.run(scenario())
+    assert close_of(live, alice, appliance) == (4503, "Host lab cannot be reached.")
 
 
 def test_an_appliance_without_a_domain_is_not_running(live, guest):
     alice = person("alice")
     appliance = console_appliance(alice, str(uuid.uuid4()), libvirt_uri=guest.host.uri)
-    headers = headers_for(alice, live)
-
-    async def scenario():
-        async with websockets.connect(socket_url(live, appliance), additional_headers=headers) as socket:
-            close = await closing(socket)
-            assert (close.code, close.reason) == (4409, "bios is not running.")
-
-    asyncio.run(scenario())
+    assert close_of(live, alice, appliance) == (4409, "bios is not running.")
 
 
 def test_a_stopped_domain_is_not_running(live, guest):
     alice = person("alice")
     appliance = console_appliance(alice, guest.uuid, libvirt_uri=guest.host.uri)
-    headers = headers_for(alice, live)
     guest.domain.destroy()
-
-    async def scenario():
-        async with websockets.connect(socket_url(live, appliance), additional_headers=headers) as socket:
-            close = await closing(socket)
-            assert (close.code, close.reason) == (4409, "bios is not running.")
-
-    asyncio.run(scenario())
+    assert close_of(live, alice, appliance) == (4409, "bios is not running.")
 
 
 @pytest.mark.parametrize("frame", [b"x" * (INPUT_FRAME_MAX + 1), "text is not terminal input"])
