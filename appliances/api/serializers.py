@@ -1,6 +1,6 @@
 from rest_framework import serializers
 
-from appliances.models import Appliance, CacheEntry, Operation, Snapshot, Template
+from appliances.models import Appliance, Operation, Snapshot, Template
 
 
 class CacheStatusSerializer(serializers.Serializer):
@@ -109,8 +109,3 @@ class SnapshotListSerializer(serializers.Serializer):
     supports = serializers.DictField(help_text="what this appliance's hypervisor can snapshot")
     results = SnapshotSerializer(many=True)
 
-
-class CacheEntrySerializer(serializers.ModelSerializer):
-    class Meta:
-        model = CacheEntry
-        fields = ["id", "status", "detail", "digest", "size"]
