@@ -106,6 +106,25 @@ class Browser:
             }"""
         )
 
+    def wait_for_autofill_request(self, timeout_ms: int = 10_000) -> None:
+        """Wait until the page has made its autofill (conditional) request.
+
+        With presence simulation off, that request waits at the
+        authenticator. Turning presence back on before it is made lets the
+        authenticator answer it at once, signing the page in while a test is
+        about to click, so tests wait for it first. The record is only read,
+        not cleared, so get_calls() still reports it."""
+        self.page.wait_for_function(
+            """() => {
+              const calls = JSON.parse(sessionStorage.getItem("e2e-webauthn-get") || "[]");
+              return calls[calls.length - 1] === "conditional";
+            }""",
+            timeout=timeout_ms,
+        )
+        # The call is recorded in the page as it is made; give it a moment to
+        # reach the browser process, which the DevTools command goes to directly.
+        self.page.wait_for_timeout(100)
+
     def set_presence(self, enabled: bool) -> None:
         """Whether the authenticator answers requests (the user touches it)."""
         self.cdp.send(

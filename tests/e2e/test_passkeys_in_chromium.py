@@ -20,7 +20,10 @@ from django_otp_webauthn.models import WebAuthnCredential
 from playwright.sync_api import Page, expect
 
 from identity.models import Identity, User
-from tests.browser import Browser, orm_access
+from tests.browser import PLATFORM_AUTHENTICATOR, Browser, orm_access
+
+# A platform authenticator the user has not touched yet.
+HELD_STILL = {**PLATFORM_AUTHENTICATOR, "automaticPresenceSimulation": False}
 
 
 def sign_up(browser: Browser, name: str) -> None:
@@ -61,7 +64,7 @@ def test_sign_up_then_sign_in_with_the_button_and_with_autofill(browser):
     browser.set_presence(False)
     sign_out(page, "Ada Lovelace")
     expect(page.get_by_test_id("autofill-input")).to_have_attribute("autocomplete", "username webauthn")
-    page.wait_for_timeout(300)
+    browser.wait_for_autofill_request()
     expect(page).to_have_url(re.compile(r"/signin/$"))
     # ... who uses the button instead: the page cancels the autofill request
     # and asks for a passkey in a modal request.
@@ -131,6 +134,7 @@ def test_add_a_second_passkey_and_delete_one_but_never_the_last(browser):
     expect(page.get_by_role("status")).to_have_text(
         "“First passkey” was deleted, and every session signed in with it has ended."
     )
+    browser.wait_for_autofill_request()
     browser.set_presence(True)
     page.get_by_test_id("signin-button").click()
     expect(page).to_have_url(browser.url("/passkeys/"))
@@ -148,6 +152,7 @@ def test_add_a_second_passkey_and_delete_one_but_never_the_last(browser):
     browser.switch_authenticator(credentials=laptop_passkeys)
     browser.set_presence(False)
     sign_out(page, "Grace Hopper")
+    browser.wait_for_autofill_request()
     browser.set_presence(True)
     page.get_by_test_id("signin-button").click()
     expect(page.get_by_test_id("passkey-error")).to_have_text(
@@ -161,7 +166,11 @@ def test_add_a_second_passkey_and_delete_one_but_never_the_last(browser):
     assert verifications == [404]
     expect(page).to_have_url(re.compile(r"/signin/$"))
 
-    browser.switch_authenticator(credentials=work_passkeys)
+    # The click offered the autofill again; it waits at the new authenticator
+    # until the button cancels it, as above.
+    browser.wait_for_autofill_request()
+    browser.switch_authenticator(HELD_STILL, credentials=work_passkeys)
+    browser.set_presence(True)
     page.get_by_test_id("signin-button").click()
     expect(page).to_have_url(browser.url("/"))
     expect(page.get_by_role("heading", level=1)).to_have_text("Hello, Grace Hopper")
