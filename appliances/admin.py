@@ -4,8 +4,8 @@ action calls the same service the API and console call."""
 from django.contrib import admin, messages
 from django.utils.html import format_html
 
-from appliances import services
-from appliances.models import Appliance, CacheEntry, Host, Operation, Snapshot, Template
+from appliances import exports, services
+from appliances.models import Appliance, Archive, CacheEntry, Host, Operation, Snapshot, Template
 from infrasim_site.errors import ServiceError
 from infrasim_site.queueing import enqueue_on_commit
 
@@ -127,6 +127,15 @@ class SnapshotInline(admin.TabularInline):
     max_num = 0
 
 
+class ArchiveInline(admin.TabularInline):
+    model = Archive
+    fields = ["created_at", "size", "sha256", "secrets_included", "consistency"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    max_num = 0
+
+
 @admin.register(Appliance)
 class ApplianceAdmin(admin.ModelAdmin):
     list_display = ["name", "owner", "template", "host", "status", "status_detail", "vcpus", "memory_mib",
@@ -135,8 +144,8 @@ class ApplianceAdmin(admin.ModelAdmin):
     search_fields = ["name", "owner__display_name"]
     readonly_fields = [f.name for f in Appliance._meta.fields if f.name != "wg_private_key_sealed"]
     exclude = ["wg_private_key_sealed"]
-    inlines = [SnapshotInline, OperationInline]
-    actions = ["start", "shutdown", "reboot", "poweroff", "migrate_anywhere", "delete_appliances"]
+    inlines = [SnapshotInline, ArchiveInline, OperationInline]
+    actions = ["start", "shutdown", "reboot", "poweroff", "migrate_anywhere", "export", "delete_appliances"]
 
     def has_add_permission(self, request):
         return False  # appliances are made through the service (console or API)
@@ -168,6 +177,11 @@ class ApplianceAdmin(admin.ModelAdmin):
     def migrate_anywhere(self, request, queryset):
         _each(self, request, queryset,
               lambda a: services.migrate_request(actor=request.user, appliance_id=a.pk, host=None), "Migration queued")
+
+    @admin.action(description="Export an archive (without secrets)")
+    def export(self, request, queryset):
+        _each(self, request, queryset,
+              lambda a: exports.archive_export(actor=request.user, appliance_id=a.pk), "Export queued")
 
     @admin.action(description="Delete appliances (VM, disk, seed and mesh peer)")
     def delete_appliances(self, request, queryset):

@@ -205,7 +205,7 @@ def hostname_for(name: str) -> str:
     return label or "appliance"
 
 
-def _ours(*, hostname: str, ssh_authorized_keys: list[str], wg0_conf: str | None, phone_home_url: str) -> dict:
+def _ours(*, hostname: str, ssh_authorized_keys: list[str], wg0_conf: str | None, phone_home_url: str | None) -> dict:
     config: dict[str, Any] = {
         "hostname": hostname,
         "preserve_hostname": False,
@@ -220,9 +220,13 @@ def _ours(*, hostname: str, ssh_authorized_keys: list[str], wg0_conf: str | None
         config["ssh_authorized_keys"] = ssh_authorized_keys
     if wg0_conf is not None:
         config["write_files"] = [{"path": WG0_PATH, "content": wg0_conf, "owner": "root:root", "permissions": "0600"}]
-        # runcmd runs once per instance; `enable` is what brings wg0 up on later boots.
-        config["runcmd"] = [["systemctl", "enable", "--now", "wg-quick@wg0"]]
-    config["phone_home"] = {"url": phone_home_url, "post": ["instance_id", "hostname"], "tries": PHONE_HOME_TRIES}
+        # runcmd runs once per instance; `enable` is what brings wg0 up on later
+        # boots. `restart`, not `--now`: a disk imported from an archive boots
+        # with wg0 already up on the old instance's config, before this file
+        # is rewritten.
+        config["runcmd"] = [["systemctl", "enable", "wg-quick@wg0"], ["systemctl", "restart", "wg-quick@wg0"]]
+    if phone_home_url is not None:
+        config["phone_home"] = {"url": phone_home_url, "post": ["instance_id", "hostname"], "tries": PHONE_HOME_TRIES}
     return config
 
 
@@ -255,11 +259,13 @@ def build_user_data(
     hostname: str,
     ssh_authorized_keys: list[str],
     wg0_conf: str | None,
-    phone_home_url: str,
+    phone_home_url: str | None,
     user_config: dict | None = None,
 ) -> str:
     """The user-data document: ours, then the user's config merged in
-    (lists concatenated after ours, other keys the user's except ours)."""
+    (lists concatenated after ours, other keys the user's except ours).
+    Without `phone_home_url` (an archive's copy: the URL is a credential of
+    this instance) there is no phone_home module."""
     if not _LABEL.fullmatch(hostname):
         raise ValueError(f"{hostname!r} is not a host label; use hostname_for()")
     ours = _ours(
@@ -347,3 +353,52 @@ def read_seed_iso(path: Path) -> dict[str, str]:
             return files
         finally:
             iso.close()
+
+
+# Keys of cloud-init's schema whose values are credentials: passwords, keys,
+# registration tokens. An archive exported without secrets leaves them out.
+SECRET_KEYS = ("password", "chpasswd", "ssh_keys", "random_seed", "ubuntu_advantage", "ubuntu_pro",
+               "landscape", "rh_subscription", "puppet", "chef", "salt_minion", "mcollective")
+SECRET_USER_KEYS = ("passwd", "hashed_passwd", "plain_text_passwd")
+
+
+def redact_secrets(config: dict) -> tuple[dict, list[str]]:
+    """The user's cloud-config without its credentials, and the paths of what
+    was left out. Beyond the schema's credential keys, a write_files entry
+    whose permissions keep it from other users (0600, 0640...) counts as a
+    secret: the owner said so when they chose the mode."""
+    kept: dict = {}
+    redacted: list[str] = []
+    for key, value in config.items():
+        if key in SECRET_KEYS:
+            redacted.append(key)
+        elif key == "users" and isinstance(value, list):
+            users = []
+            for index, user in enumerate(value):
+                if isinstance(user, dict):
+                    for secret in SECRET_USER_KEYS:
+                        if secret in user:
+                            redacted.append(f"users[{index}].{secret}")
+                    user = {k: v for k, v in user.items() if k not in SECRET_USER_KEYS}
+                users.append(user)
+            kept[key] = users
+        elif key == "write_files" and isinstance(value, list):
+            files = []
+            for index, entry in enumerate(value):
+                if isinstance(entry, dict) and _private_mode(entry.get("permissions")):
+                    redacted.append(f"write_files[{index}] ({entry.get('path', '?')})")
+                    continue
+                files.append(entry)
+            if files:
+                kept[key] = files
+        else:
+            kept[key] = value
+    return kept, redacted
+
+
+def _private_mode(permissions) -> bool:
+    try:
+        mode = int(str(permissions), 8)
+    except ValueError:
+        return False
+    return not mode & 0o004

@@ -322,6 +322,100 @@ def create_overlay(*, backing: Path, backing_format: str, path: Path, size_bytes
         temporary.unlink(missing_ok=True)
 
 
+def flatten(source: Path, target: Path, *, force_share: bool = False,
+            on_progress: Callable[[float], None] | None = None) -> int:
+    """A standalone qcow2 copy of `source` and its backing chain at `target`
+    (only allocated clusters are written, so it is as sparse as the data);
+    returns its virtual size. In-order writes (qemu-img's default) make the
+    same input give the same bytes. `force_share` reads an image a running
+    QEMU holds open (only sound while the guest is paused)."""
+    command = ["qemu-img", "convert", "-p", "-O", "qcow2", *(["-U"] if force_share else []), str(source), str(target)]
+    try:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    except OSError as exc:
+        raise HypervisorError(f"qemu-img convert: {exc}") from exc
+    # -p writes "    (12.34/100%)\r" as it goes.
+    pending = b""
+    while chunk := process.stdout.read1(4096):
+        pending += chunk
+        *done, pending = re.split(rb"[\r\n]", pending)
+        for line in reversed(done):
+            match = re.search(rb"\(([0-9.]+)/100%\)", line)
+            if match and on_progress:
+                on_progress(float(match.group(1)))
+                break
+    stderr = process.stderr.read().decode(errors="replace").strip()
+    if process.wait() != 0:
+        target.unlink(missing_ok=True)
+        raise HypervisorError(f"qemu-img convert {source.name}: {stderr}")
+    return int(image_info(target, "qcow2")["virtual-size"])
+
+
+def create_blank(path: Path, size_bytes: int) -> None:
+    """An empty standalone qcow2, owned like its directory: a migration's
+    target for a disk that has no base image."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        _qemu_img("create", "-q", "-f", "qcow2", str(temporary), str(size_bytes))
+        owner = path.parent.stat()
+        os.chown(temporary, owner.st_uid, owner.st_gid)
+        os.chmod(temporary, 0o600)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def resize(path: Path, size_bytes: int) -> None:
+    _qemu_img("resize", "-q", "-f", "qcow2", str(path), str(size_bytes))
+
+
+@dataclass
+class Pause:
+    """What `paused()` did: whether the guest's filesystems were frozen
+    first (by its agent), and how long the guest stood still."""
+
+    frozen: bool = False
+    started_at: float = 0.0
+    paused_ms: int = 0
+
+
+@contextmanager
+def paused(conn: libvirt.virConnect, uuid: str, *, freeze_timeout: int = 10) -> Iterator[Pause]:
+    """The guest stands still for the block: its filesystems are frozen
+    through the agent when it answers (so what is on disk is what the
+    guest's applications wrote), then the vCPUs stop; pausing makes QEMU
+    flush its own caches to the image. Always resumed and thawed after."""
+    domain = _require(conn, uuid)
+    pause = Pause()
+    if guest_ping(conn, uuid, timeout=min(freeze_timeout, 5)):
+        try:
+            domain.fsFreeze(None, 0)
+            pause.frozen = True
+        except libvirt.libvirtError:
+            pause.frozen = False  # an agent without fsfreeze: still crash-consistent
+    # A guest someone paused already stays paused afterwards.
+    was_paused = domain.state()[0] == libvirt.VIR_DOMAIN_PAUSED
+    try:
+        if not was_paused:
+            with _doing(f"pausing {domain.name()}"):
+                domain.suspend()
+        pause.started_at = time.time()
+        started = time.monotonic()
+        try:
+            yield pause
+        finally:
+            if not was_paused:
+                with _doing(f"resuming {domain.name()}"):
+                    domain.resume()
+            pause.paused_ms = int((time.monotonic() - started) * 1000)
+    finally:
+        if pause.frozen:
+            try:
+                domain.fsThaw(None, 0)
+            except libvirt.libvirtError:
+                pass  # thawed already (the agent restarted), or gone
+
+
 # --- Lifecycle --------------------------------------------------------------------------------
 
 
@@ -580,7 +674,8 @@ def _with_disk_copy(domain: libvirt.virDomain, disks: list[str], stats: dict) ->
 
 
 def migrate(*, source_uri: str, dest_uri: str, uuid: str, dest_xml: str, migration_uri: str,
-            on_progress: Callable[[dict], None] | None = None, poll_interval: float = 0.25) -> MigrationResult:
+            on_progress: Callable[[dict], None] | None = None, poll_interval: float = 0.25,
+            full_disk: bool = False) -> MigrationResult:
     """Live block migration between hosts that share no storage.
 
     The destination already holds the guest's base image, the caller has
@@ -596,11 +691,13 @@ def migrate(*, source_uri: str, dest_uri: str, uuid: str, dest_xml: str, migrati
     calls `on_progress(stats)`, so the callback runs where the caller does
     (Django's connections are per thread). If the callback raises, the
     migration is aborted and the error propagates."""
+    # A standalone disk (an imported archive's) has no base image on the
+    # destination: the whole disk goes (NON_SHARED_DISK) into a blank one.
     flags = (
         libvirt.VIR_MIGRATE_LIVE
         | libvirt.VIR_MIGRATE_PERSIST_DEST
         | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
-        | libvirt.VIR_MIGRATE_NON_SHARED_INC
+        | (libvirt.VIR_MIGRATE_NON_SHARED_DISK if full_disk else libvirt.VIR_MIGRATE_NON_SHARED_INC)
     )
     source, dest = connect(source_uri), connect(dest_uri)
     try:

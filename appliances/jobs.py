@@ -9,6 +9,8 @@ Between steps a create checks whether the owner asked to delete, and stops.
 from __future__ import annotations
 
 import logging
+import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -20,8 +22,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from appliances import catalog, cloudinit, hypervisor, images
-from appliances.models import Appliance, CacheEntry, Host, Operation, Snapshot, Template
+from appliances import archive, catalog, cloudinit, exports, hypervisor, images, terraform
+from appliances.models import Appliance, Archive, CacheEntry, Host, Operation, Snapshot, Template
 from appliances.services import (
     _record,
     guest_wg_config,
@@ -31,6 +33,7 @@ from appliances.services import (
     template_min_disk_gib,
 )
 from forensics import ledger
+from infrasim_site.events import publish_to_user
 from infrasim_site.queueing import enqueue_on_commit
 from infrasim_site.sealing import unseal
 from infrasim_site.steps import Claim, StepStatus
@@ -228,18 +231,62 @@ def domain_spec(appliance: Appliance, host: Host, entry: CacheEntry, accel: str)
 
 
 def _seed(appliance: Appliance) -> tuple[str, str]:
+    """The user-data and meta-data the guest is provisioned with."""
+    seed = _cloud_init(appliance, with_secrets=True)
+    return seed.user_data, seed.meta_data
+
+
+@dataclass(frozen=True)
+class CloudInit:
+    user_data: str
+    meta_data: str
+    wg0_conf: str
+    # What an archive without secrets left out, for its manifest.
+    redacted: tuple[str, ...] = ()
+
+
+def _cloud_init(appliance: Appliance, *, with_secrets: bool) -> CloudInit:
+    """The appliance's cloud-init documents and wg0.conf: as provisioned, or
+    (for an archive without secrets) with the WireGuard keys replaced by a
+    comment that says where they go, no phone-home URL (a credential of this
+    instance), and no credentials from the owner's cloud-config."""
     private_key = unseal(appliance.wg_private_key_sealed).decode() if appliance.wg_private_key_sealed else None
     user_config = cloudinit.parse_cloud_config(appliance.user_data) if appliance.user_data else None
     hostname = cloudinit.hostname_for(appliance.name)
+    wg0_conf = guest_wg_config(appliance, private_key=private_key) if appliance.peer_id and private_key else ""
+    redacted: list[str] = []
+    if not with_secrets:
+        wg0_conf, redacted = _redact_wg_keys(wg0_conf)
+        if user_config:
+            user_config, left_out = cloudinit.redact_secrets(user_config)
+            redacted += [f"user-data: {path}" for path in left_out]
     user_data = cloudinit.build_user_data(
-        hostname=hostname, ssh_authorized_keys=list(appliance.ssh_authorized_keys),
-        wg0_conf=guest_wg_config(appliance, private_key=private_key) if appliance.peer_id and private_key else None,
-        phone_home_url=phone_home_url(appliance), user_config=user_config,
+        hostname=hostname, ssh_authorized_keys=list(appliance.ssh_authorized_keys), wg0_conf=wg0_conf or None,
+        phone_home_url=phone_home_url(appliance) if with_secrets else None, user_config=user_config,
     )
-    return user_data, cloudinit.build_meta_data(instance_id=appliance.instance_id, hostname=hostname)
+    meta_data = cloudinit.build_meta_data(instance_id=appliance.instance_id, hostname=hostname)
+    return CloudInit(user_data=user_data, meta_data=meta_data, wg0_conf=wg0_conf, redacted=tuple(redacted))
 
 
-def prepare_disk_and_seed(appliance: Appliance, host: Host, entry: CacheEntry, *, fresh_disk: bool = False) -> Paths:
+_WG_SECRET_LINE = re.compile(r"^(PrivateKey|PresharedKey) = .*$", re.MULTILINE)
+
+
+def _redact_wg_keys(conf: str) -> tuple[str, list[str]]:
+    found: list[str] = []
+
+    def comment(match: re.Match) -> str:
+        key = match.group(1)
+        found.append(f"wg0.conf: {key}")
+        if key == "PrivateKey":
+            return ("# PrivateKey = <this peer's private key: not in this archive. Export it with "
+                    "?secrets=include, or give the peer a new key and put that here>")
+        return "# PresharedKey = <the pre-shared key of this peer and the gateway: not in this archive>"
+
+    return _WG_SECRET_LINE.sub(comment, conf), found
+
+
+def prepare_disk_and_seed(appliance: Appliance, host: Host, entry: CacheEntry, *, fresh_disk: bool = False,
+                          import_dir: str | None = None) -> Paths:
     """The linked clone and the seed ISO on `host` (idempotent). A migration
     target gets a fresh, empty overlay: blocks copied by a failed attempt
     must not mix with the next one's."""
@@ -247,7 +294,11 @@ def prepare_disk_and_seed(appliance: Appliance, host: Host, entry: CacheEntry, *
     _directory_like_parent(paths.directory)
     if fresh_disk:
         paths.disk.unlink(missing_ok=True)
-    if not paths.disk.exists():
+    if not paths.disk.exists() and import_dir is not None:
+        _take_imported_disk(Path(import_dir) / archive.DISK, paths.disk, size_bytes=appliance.disk_gib * 2**30)
+    elif not paths.disk.exists() and appliance.imported_from:
+        hypervisor.create_blank(paths.disk, appliance.disk_gib * 2**30)  # a migration target: filled by the copy
+    elif not paths.disk.exists():
         hypervisor.create_overlay(backing=Path(entry.disk_path), backing_format=entry.disk_format or "qcow2",
                                   path=paths.disk, size_bytes=appliance.disk_gib * 2**30)
     user_data, meta_data = _seed(appliance)
@@ -255,6 +306,19 @@ def prepare_disk_and_seed(appliance: Appliance, host: Host, entry: CacheEntry, *
     cloudinit.write_seed_iso(paths.seed, user_data=user_data, meta_data=meta_data, mode=0o600)
     _chown_like_parent(paths.seed)
     return paths
+
+
+def _take_imported_disk(source: Path, disk: Path, *, size_bytes: int) -> None:
+    """An imported archive's disk becomes the appliance's: moved in (copied
+    across filesystems) under a temporary name, owned like its directory,
+    grown to the appliance's size, then renamed into place."""
+    temporary = disk.with_name(f".{disk.name}.import")
+    shutil.move(source, temporary)
+    _chown_like_parent(temporary)
+    os.chmod(temporary, 0o600)
+    if hypervisor.image_info(temporary, "qcow2")["virtual-size"] < size_bytes:
+        hypervisor.resize(temporary, size_bytes)
+    os.replace(temporary, disk)
 
 
 def _boot_watch(appliance: Appliance) -> None:
@@ -273,14 +337,18 @@ def _create(op: Operation, appliance: Appliance) -> dict:
     host = appliance.host
     set_status(appliance, Status.PREPARING_IMAGE, "looking for the image in this host's cache")
     entry = ensure_cached(host, appliance.template, on_detail=lambda text: set_status(appliance, detail=text))
-    set_status(appliance, Status.PROVISIONING, "making the linked clone and the cloud-init seed")
-    prepare_disk_and_seed(appliance, host, entry)
+    import_dir = op.params.get("import_dir")
+    set_status(appliance, Status.PROVISIONING, "taking the archive's disk and making the cloud-init seed" if import_dir
+               else "making the linked clone and the cloud-init seed")
+    prepare_disk_and_seed(appliance, host, entry, import_dir=import_dir)
     with hypervisor.connection(host.libvirt_uri) as conn:
         xml = hypervisor.domain_xml(domain_spec(appliance, host, entry, _acceleration(host, entry, conn)))
         _check_not_deleting(appliance)
         hypervisor.define_and_start(conn, xml)
+    if import_dir:
+        shutil.rmtree(import_dir, ignore_errors=True)
     _boot_watch(appliance)
-    return {"host": host.name, "image": entry.digest}
+    return {"host": host.name, "image": entry.digest, **({"archive": appliance.imported_from} if import_dir else {})}
 
 
 def _start(op: Operation, appliance: Appliance) -> dict:
@@ -391,6 +459,7 @@ def _migrate(op: Operation, appliance: Appliance) -> dict | None:
     result = hypervisor.migrate(
         source_uri=source.libvirt_uri, dest_uri=target.libvirt_uri, uuid=str(appliance.domain_uuid),
         dest_xml=dest_xml, migration_uri=f"tcp://{target.migration_address}", on_progress=progress,
+        full_disk=bool(appliance.imported_from),
     )
     old = paths_on(source, appliance)
     earlier = (appliance.earlier_console_log + console_tail(appliance))[-CONSOLE_TAIL_BYTES:]
@@ -406,18 +475,125 @@ def _migrate(op: Operation, appliance: Appliance) -> dict | None:
             "downtime_ms": result.downtime_ms, "data_total": result.data_total}
 
 
+def _export(op: Operation, appliance: Appliance) -> dict:
+    """Flatten the disk at a consistent point (at rest, or with the guest
+    paused just for the copy), then stream the archive into ARCHIVE_DIR
+    under a temporary name, renamed to its SHA-256 when complete."""
+    include_secrets = bool(op.params.get("secrets"))
+    host = appliance.host
+    paths = paths_on(host, appliance)
+    directory = exports.archive_directory(appliance.pk)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    flat = directory / f".op-{op.pk}.disk.qcow2"
+    partial = directory / f".op-{op.pk}.tar.gz.part"
+    report = _progress_reporter(op, appliance)
+    try:
+        report(1, "copying the disk")
+        consistency: dict = {}
+        with hypervisor.connection(host.libvirt_uri) as conn:
+            state = hypervisor.domain_state(conn, str(appliance.domain_uuid))
+            copy_progress = lambda percent: report(1 + int(percent * 0.39), f"copying the disk: {int(percent)}%")
+            if state in ("running", "paused"):
+                with hypervisor.paused(conn, str(appliance.domain_uuid)) as pause:
+                    virtual_size = hypervisor.flatten(paths.disk, flat, force_share=True, on_progress=copy_progress)
+                consistency = {"method": Archive.Consistency.PAUSED, "paused_ms": pause.paused_ms,
+                               "filesystems_frozen": pause.frozen}
+                state_at = int(pause.started_at)
+            else:
+                virtual_size = hypervisor.flatten(paths.disk, flat, on_progress=copy_progress)
+                consistency = {"method": Archive.Consistency.STOPPED}
+                # The disk's last change: two exports of an appliance at rest
+                # carry the same time, so they are the same bytes.
+                state_at = int(paths.disk.stat().st_mtime)
+        _check_not_deleting(appliance)
+        seed = _cloud_init(appliance, with_secrets=include_secrets)
+        texts = {
+            archive.USER_DATA: seed.user_data,
+            archive.META_DATA: seed.meta_data,
+            archive.WG0_CONF: seed.wg0_conf,
+            archive.MAIN_TF: terraform.render_main_tf(terraform.TerraformSpec(
+                name=appliance.name, vcpus=appliance.vcpus, memory_mib=appliance.memory_mib,
+                disk_bytes=virtual_size, os=appliance.template.os,
+            )),
+        }
+        entry = CacheEntry.objects.filter(host=host, template=appliance.template).first()
+        manifest = {
+            "format": archive.FORMAT,
+            "infrasim_version": settings.INFRASIM_VERSION,
+            "created_at": archive.iso_time(state_at),
+            "appliance": {
+                "name": appliance.name, "template": appliance.template.slug,
+                "image_digest": (entry.digest if entry and entry.digest else appliance.template.checksum) or "unknown",
+                "os": appliance.template.os, "vcpus": appliance.vcpus, "memory_mib": appliance.memory_mib,
+                "disk_gib": appliance.disk_gib, "disk_virtual_size": virtual_size,
+            },
+            "consistency": consistency,
+            "secrets_included": include_secrets,
+            "redacted": list(seed.redacted),
+            "disk_note": "disk.qcow2 is the guest's disk as the guest left it, with whatever it stores "
+                         "(its SSH host keys, and the WireGuard key in /etc/wireguard/wg0.conf).",
+        }
+        report(40, "writing the archive")
+        with open(partial, "wb") as output:
+            written = archive.write(
+                output, disk=flat, texts=texts, manifest=manifest, mtime=state_at,
+                on_progress=lambda done, total: report(40 + int(59 * done / max(total, 1)),
+                                                       f"writing the archive: {100 * done // max(total, 1)}%"),
+            )
+            output.flush()
+            os.fsync(output.fileno())
+        final = directory / f"{written.sha256}.tar.gz"
+        os.replace(partial, final)
+        with transaction.atomic():
+            made, _ = Archive.objects.update_or_create(operation=op, defaults={
+                "appliance": appliance, "path": str(final), "size": written.size, "sha256": written.sha256,
+                "secrets_included": include_secrets, "consistency": consistency["method"],
+                "manifest": written.manifest,
+            })
+            pruned = exports.prune_archives(appliance.owner_id, keep=made)
+            _record(appliance, "exported", op.actor, {
+                "archive": written.sha256, "size": written.size, "secrets": include_secrets,
+                "consistency": consistency, "pruned": pruned,
+            })
+    finally:
+        flat.unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
+    push(appliance)
+    return {"archive": made.pk, "sha256": written.sha256, "size": written.size, "consistency": consistency,
+            "secrets_included": include_secrets}
+
+
+def _progress_reporter(op: Operation, appliance: Appliance, every_s: float = 0.5):
+    """Progress to the job's row and the owner's open pages, at most every
+    `every_s` seconds (the console shows it live)."""
+    last = [0.0]
+
+    def report(percent: int, detail: str) -> None:
+        if time.monotonic() - last[0] < every_s:
+            return
+        last[0] = time.monotonic()
+        Operation.objects.filter(pk=op.pk).update(progress=max(0, min(percent, 99)))
+        publish_to_user(appliance.owner_id, kind="appliance.operation", data={
+            "id": appliance.pk, "operation": op.pk, "kind": op.kind, "progress": min(percent, 99), "detail": detail,
+        })
+
+    return report
+
+
 def _delete(op: Operation, appliance: Appliance) -> None:
     with hypervisor.connection(appliance.host.libvirt_uri) as conn:
         hypervisor.undefine(conn, str(appliance.domain_uuid))
     shutil.rmtree(paths_on(appliance.host, appliance).directory, ignore_errors=True)
+    exports.remove_archives(appliance)
+    for params in appliance.operations.filter(kind=Kind.CREATE).values_list("params", flat=True):
+        if params.get("import_dir"):  # a create that never took its disk
+            shutil.rmtree(params["import_dir"], ignore_errors=True)
     with transaction.atomic():
         if appliance.peer_id:
             mesh_services.peer_revoke(actor=appliance.owner, peer_id=appliance.peer_id)
         _record(appliance, "deleted", op.actor, {"name": appliance.name, "host": appliance.host.name})
         owner_id, pk = appliance.owner_id, appliance.pk
         appliance.delete()
-        from infrasim_site.events import publish_to_user
-
         publish_to_user(owner_id, kind="appliance.deleted", data={"id": pk})
 
 
@@ -431,6 +607,7 @@ HANDLERS = {
     Kind.SNAPSHOT_REVERT: _snapshot_revert,
     Kind.SNAPSHOT_DELETE: _snapshot_delete,
     Kind.MIGRATE: _migrate,
+    Kind.EXPORT: _export,
     Kind.DELETE: _delete,
 }
 

@@ -174,6 +174,9 @@ class Appliance(models.Model):
     # The guest's boot id before a start or reboot: the new boot is ready
     # when the guest agent answers with another one.
     previous_boot_id = models.CharField(max_length=40, blank=True)
+    # Made from an archive: the disk is the archive's standalone qcow2, not
+    # a linked clone of the template's image (its SHA-256 is kept here).
+    imported_from = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     ready_at = models.DateTimeField(null=True, blank=True)
@@ -210,6 +213,7 @@ class Operation(Step):
         SNAPSHOT_CREATE = "snapshot_create", "create snapshot"
         SNAPSHOT_REVERT = "snapshot_revert", "revert to snapshot"
         SNAPSHOT_DELETE = "snapshot_delete", "delete snapshot"
+        EXPORT = "export", "export"
         DELETE = "delete", "delete"
 
     task_name = "appliances.tasks.run_operation"
@@ -269,3 +273,38 @@ class Snapshot(models.Model):
 
     def __str__(self) -> str:
         return f"{self.appliance}@{self.name}"
+
+
+class ArchiveQuerySet(OwnedQuerySet):
+    owner_field = "appliance__owner"
+
+
+class Archive(models.Model):
+    """A finished export: one `infrasim-appliance/1` file in ARCHIVE_DIR,
+    named by its SHA-256 (the download's ETag)."""
+
+    class Consistency(models.TextChoices):
+        STOPPED = "stopped", "stopped (the disk was at rest)"
+        PAUSED = "paused", "paused while the disk was copied"
+
+    appliance = models.ForeignKey(Appliance, on_delete=models.CASCADE, related_name="archives")
+    operation = models.OneToOneField(Operation, null=True, blank=True, on_delete=models.SET_NULL, related_name="archive")
+    path = models.CharField(max_length=500)
+    size = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    secrets_included = models.BooleanField(default=False)
+    consistency = models.CharField(max_length=10, choices=Consistency.choices)
+    manifest = models.JSONField(default=dict)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = ArchiveQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"{self.appliance} archive {self.sha256[:12]}"
+
+    @property
+    def filename(self) -> str:
+        return f"appliance-{self.appliance_id}.tar.gz"

@@ -35,6 +35,15 @@ from infrasim_site.text import clean_name
 from mesh import keys as mesh_keys
 from mesh import services as mesh_services
 
+@dataclass(frozen=True)
+class ImportedDisk:
+    """A verified archive, unpacked in `directory` (its disk.qcow2 becomes
+    the appliance's disk)."""
+
+    directory: Path
+    sha256: str
+
+
 class Unavailable(ServiceError):
     status_code = 503
     default_code = "host_unavailable"
@@ -268,7 +277,10 @@ def appliance_create(
     disk_gib=None,
     ssh_authorized_keys=None,
     user_data=None,
+    imported: ImportedDisk | None = None,
 ) -> Appliance:
+    """`imported`: the disk comes from a verified archive (appliances.exports)
+    instead of being a linked clone of the template's image."""
     name = clean_name(name, field="name", max_length=NAME_MAX)
     template = _template(template)
     vcpus = _size(vcpus, "vcpus", default=1)
@@ -294,7 +306,7 @@ def appliance_create(
     appliance = Appliance.objects.create(
         owner=actor, name=name, template=template, host=host, vcpus=vcpus, memory_mib=memory_mib,
         disk_gib=disk_gib, ssh_authorized_keys=ssh_keys, user_data=user_data or "", peer=created.peer,
-        wg_private_key_sealed=seal(private_key.encode()),
+        wg_private_key_sealed=seal(private_key.encode()), imported_from=imported.sha256 if imported else "",
     )
     # The whole user-data, merged with the owner's, must pass cloud-init's
     # schema now: a bad one is the owner's 400, not a guest that never boots.
@@ -308,9 +320,9 @@ def appliance_create(
         raise InvalidInput("; ".join(exc.problems), field="user_data", code="invalid_cloud_config") from None
     _record(appliance, "created", actor, {
         "name": name, "template": template.slug, "host": host.name, "vcpus": vcpus, "memory_mib": memory_mib,
-        "disk_gib": disk_gib, "peer": created.peer.pk,
+        "disk_gib": disk_gib, "peer": created.peer.pk, **({"archive": imported.sha256} if imported else {}),
     })
-    _queue(appliance, Kind.CREATE, actor)
+    _queue(appliance, Kind.CREATE, actor, {"import_dir": str(imported.directory)} if imported else None)
     push(appliance)
     return appliance
 
@@ -362,6 +374,7 @@ ALLOWED_FROM = {
     Kind.SNAPSHOT_CREATE: ({Status.READY, Status.STOPPED}, "Only a ready or stopped appliance can be snapshotted."),
     Kind.SNAPSHOT_REVERT: ({Status.READY, Status.STOPPED, Status.FAILED}, "It is being changed."),
     Kind.SNAPSHOT_DELETE: ({Status.READY, Status.STOPPED, Status.FAILED}, "It is being changed."),
+    Kind.EXPORT: ({Status.READY, Status.STOPPED}, "An appliance is exported when it is ready or stopped."),
 }
 
 

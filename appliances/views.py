@@ -14,7 +14,7 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from appliances import selectors
-from appliances.models import Appliance, CacheEntry, Host, Operation, Template
+from appliances.models import Appliance, Archive, CacheEntry, Host, Operation, Template
 from appliances.services import ALLOWED_FROM, snapshot_support
 from infrasim_site.middleware import content_security_policy
 from infrasim_site.steps import UNFINISHED, StepStatus
@@ -23,7 +23,7 @@ Status = Appliance.Status
 Kind = Operation.Kind
 
 POWER_ACTIONS = [(Kind.START, "Start"), (Kind.SHUTDOWN, "Shut down"), (Kind.REBOOT, "Reboot"),
-                 (Kind.POWEROFF, "Power off")]
+                 (Kind.POWEROFF, "Power off"), (Kind.EXPORT, "Export")]
 # A domain exists and may run: the live console can attach (the page says
 # so when it does not run after all).
 CONSOLE_STATES = {Status.BOOTING, Status.READY, Status.FAILED}
@@ -68,6 +68,7 @@ class Row:
     console: bool
     memory: str
     show_error: bool
+    archive: Archive | None  # the newest finished export without secrets
 
 
 def _row(appliance: Appliance) -> Row:
@@ -83,6 +84,7 @@ def _row(appliance: Appliance) -> Row:
         memory=size_label(appliance.memory_mib),
         show_error=bool(appliance.last_error)
         and (appliance.status == Status.FAILED or appliance.status_detail.endswith("failed")),
+        archive=appliance.plain_archives[0] if appliance.plain_archives else None,
     )
 
 
@@ -94,6 +96,7 @@ def appliance_rows(user) -> list[Row]:
         .prefetch_related(
             Prefetch("operations", queryset=Operation.objects.filter(status__in=UNFINISHED), to_attr="unfinished"),
             "snapshots",
+            Prefetch("archives", queryset=Archive.objects.filter(secrets_included=False), to_attr="plain_archives"),
         )
     )
     return [_row(appliance) for appliance in appliances]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
@@ -119,3 +120,23 @@ def take(session, key: str):
     value = session.pop(key, None)
     session.save()
     return value
+
+
+@dataclass(frozen=True)
+class Proof:
+    """How a request proved who sent it, as services need to know it: with
+    an API token (its scope), or with a session (when its passkey was last
+    checked). Views build it (proof_of); services decide with it."""
+
+    token_scope: str | None = None
+    passkey_checked_at: float | None = None
+
+
+def proof_of(request) -> Proof:
+    from identity.models import ApiToken
+
+    auth = getattr(request, "auth", None)
+    if isinstance(auth, ApiToken):
+        return Proof(token_scope=auth.scope)
+    checked_at = request.session.get(CHECKED_AT_KEY) if hasattr(request, "session") else None
+    return Proof(passkey_checked_at=checked_at if isinstance(checked_at, (int, float)) else None)

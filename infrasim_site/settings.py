@@ -203,6 +203,24 @@ APPLIANCE_QUOTA_VCPUS = env_int("APPLIANCE_QUOTA_VCPUS", 8, minimum=0)
 APPLIANCE_QUOTA_MEMORY_MIB = env_int("APPLIANCE_QUOTA_MEMORY_MIB", 8192, minimum=0)
 APPLIANCE_QUOTA_DISK_GIB = env_int("APPLIANCE_QUOTA_DISK_GIB", 200, minimum=0)
 
+# --- Appliance archives -------------------------------------------------------
+# Where finished exports live. The web process serves downloads from here and
+# hypervisor workers write here, so with several hosts this is a shared
+# mount (NFS or similar), like the database is shared.
+ARCHIVE_DIR = Path(env_str("ARCHIVE_DIR", str(VAR_DIR / "archives")))
+# Retention: each appliance keeps its newest ARCHIVE_KEEP_PER_APPLIANCE
+# archives, and each user's archives together stay under
+# ARCHIVE_QUOTA_BYTES_PER_USER (oldest go first; the newest always stays).
+ARCHIVE_KEEP_PER_APPLIANCE = env_int("ARCHIVE_KEEP_PER_APPLIANCE", 2, minimum=1, maximum=100)
+ARCHIVE_QUOTA_BYTES_PER_USER = env_int("ARCHIVE_QUOTA_BYTES_PER_USER", 20 * 2**30, minimum=0)
+# Import caps, checked while the archive streams (decompression bombs stop here).
+ARCHIVE_IMPORT_MAX_DISK_BYTES = env_int("ARCHIVE_IMPORT_MAX_DISK_BYTES", 64 * 2**30, minimum=2**20)
+ARCHIVE_IMPORT_MAX_TOTAL_BYTES = env_int("ARCHIVE_IMPORT_MAX_TOTAL_BYTES", 64 * 2**30 + 64 * 2**20, minimum=2**20)
+# Including keys in an export needs a token, or a session whose passkey was
+# checked within this many seconds.
+ARCHIVE_SECRETS_RECHECK_SECONDS = env_int("ARCHIVE_SECRETS_RECHECK_SECONDS", 300, minimum=30, maximum=3600)
+INFRASIM_VERSION = "0.9.0"
+
 # --- Secrets at rest --------------------------------------------------------
 INFRASIM_MASTER_KEY = load_master_key(
     inline=env_str("INFRASIM_MASTER_KEY", ""),

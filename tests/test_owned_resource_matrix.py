@@ -104,6 +104,23 @@ def an_appliance_with_a_snapshot(owner: Client) -> int:
     return appliance_id
 
 
+def an_appliance_with_an_archive(owner: Client) -> int:
+    """A finished export on file (the download route serves it)."""
+    import hashlib
+    import tempfile
+    from pathlib import Path
+
+    from appliances.models import Archive
+
+    appliance_id = an_appliance(owner)
+    body = b"matrix archive bytes"
+    path = Path(tempfile.mkdtemp(prefix="matrix-archive-")) / "archive.tar.gz"
+    path.write_bytes(body)
+    Archive.objects.create(appliance_id=appliance_id, path=str(path), size=len(body),
+                           sha256=hashlib.sha256(body).hexdigest(), consistency="stopped")
+    return appliance_id
+
+
 def snapshot_of(appliance_id: int) -> int:
     from appliances.models import Snapshot
 
@@ -142,6 +159,13 @@ ROUTES = [
           an_appliance_with_a_snapshot, False, (202,)),
     Route("appliance snapshot delete", "delete", f"{API}/appliances/{{id}}/snapshots/{{sid}}",
           an_appliance_with_a_snapshot, False, (202,)),
+    Route("appliance export", "post", f"{API}/appliances/{{id}}/archive", an_appliance, False, (202,)),
+    # With no archive yet, the download starts an export and answers 202.
+    Route("appliance archive, none yet", "get", f"{API}/appliances/{{id}}/archive", an_appliance, False, (202,)),
+    Route("appliance archive download", "get", f"{API}/appliances/{{id}}/archive", an_appliance_with_an_archive,
+          False, (200,)),
+    Route("appliance archives", "get", f"{API}/appliances/{{id}}/archives", an_appliance_with_an_archive, False,
+          (200,)),
 ]
 
 

@@ -1,6 +1,7 @@
+from drf_spectacular.utils import OpenApiParameter
 from rest_framework import serializers
 
-from appliances.models import Appliance, Operation, Snapshot, Template
+from appliances.models import Appliance, Archive, Operation, Snapshot, Template
 
 
 class CacheStatusSerializer(serializers.Serializer):
@@ -109,3 +110,36 @@ class SnapshotListSerializer(serializers.Serializer):
     supports = serializers.DictField(help_text="what this appliance's hypervisor can snapshot")
     results = SnapshotSerializer(many=True)
 
+
+
+class ArchiveSerializer(serializers.ModelSerializer):
+    download_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Archive
+        fields = ["id", "sha256", "size", "secrets_included", "consistency", "created_at", "manifest", "download_url"]
+        read_only_fields = fields
+
+    def get_download_url(self, archive) -> str:
+        query = "?secrets=include" if archive.secrets_included else ""
+        return f"/api/meshnet/appliances/{archive.appliance_id}/archive{query}"
+
+
+class ArchiveImportRequest(serializers.Serializer):
+    # Either an uploaded archive (multipart) or the URL of one this server
+    # exported. Plain fields, so that a multipart form needs no JSON quoting.
+    archive = serializers.FileField(required=False, help_text="an appliance-{id}.tar.gz")
+    url = serializers.CharField(required=False, allow_blank=True,
+                                help_text="…/api/meshnet/appliances/<id>/archive on this server")
+    name = serializers.CharField(required=False, allow_blank=True, help_text="defaults to the archived appliance's name")
+    ssh_authorized_keys = serializers.ListField(child=serializers.CharField(), required=False,
+                                                help_text="OpenSSH public key lines")
+    user_data = serializers.CharField(required=False, allow_blank=True,
+                                      help_text="your own #cloud-config, merged into ours")
+
+
+SECRETS_PARAMETER = OpenApiParameter(
+    "secrets", str, enum=["include", "exclude"], required=False,
+    description="include: the WireGuard keys and cloud-config credentials too (owner only; a token, or a passkey "
+                "checked within 5 minutes)",
+)

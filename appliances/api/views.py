@@ -9,10 +9,17 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from appliances import selectors, services
+from pathlib import Path
+
+from rest_framework.parsers import JSONParser, MultiPartParser
+
+from appliances import exports, selectors, services
 from appliances.api import serializers as s
-from appliances.models import Appliance, Operation
+from appliances.models import Appliance, Archive, Operation
+from identity.sessions import proof_of
 from infrasim_site.api import Pagination
+from infrasim_site.downloads import ranged_file_response
+from infrasim_site.errors import InvalidInput
 
 
 def _validated(serializer_class, request):
@@ -139,6 +146,71 @@ class ApplianceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewset
     def delete_snapshot(self, request, pk=None, sid=None):
         return _accepted(services.snapshot_delete_request(actor=request.user, appliance_id=self.get_object().pk,
                                                           snapshot_id=int(sid)))
+
+
+    @extend_schema(
+        methods=["get"], parameters=[s.SECRETS_PARAMETER],
+        responses={200: OpenApiResponse(OpenApiTypes.BINARY, description="appliance-{id}.tar.gz (Range supported)"),
+                   202: s.OperationSerializer},
+    )
+    @extend_schema(methods=["post"], parameters=[s.SECRETS_PARAMETER], request=None,
+                   responses={202: s.OperationSerializer})
+    @action(detail=True, methods=["get", "post"])
+    def archive(self, request, pk=None):
+        """GET: the newest finished archive, or 202 with the export making
+        one (started if there is none). POST: start a fresh export.
+        `?secrets=include` asks for the keys too: the owner only, with a
+        token or a passkey checked within the last 5 minutes."""
+        appliance_id = self.get_object().pk
+        include = _secrets_wanted(request)
+        if request.method == "POST":
+            return _accepted(exports.archive_export(actor=request.user, appliance_id=appliance_id,
+                                                    include_secrets=include, proof=proof_of(request)))
+        found = exports.archive_for_download(actor=request.user, appliance_id=appliance_id,
+                                             include_secrets=include, proof=proof_of(request))
+        if isinstance(found, Operation):
+            response = _accepted(found)
+            response["Retry-After"] = "2"
+            return response
+        return ranged_file_response(request, Path(found.path), content_type="application/gzip",
+                                    filename=found.filename, etag=found.sha256, last_modified=found.created_at)
+
+    @extend_schema(responses={200: s.ArchiveSerializer(many=True)})
+    @action(detail=True, methods=["get"])
+    def archives(self, request, pk=None):
+        """The appliance's finished archives, newest first."""
+        return Response(s.ArchiveSerializer(Archive.objects.filter(appliance=self.get_object()), many=True).data)
+
+    @extend_schema(request={"multipart/form-data": s.ArchiveImportRequest, "application/json": s.ArchiveImportRequest},
+                   responses={201: s.ApplianceDetailSerializer})
+    @action(detail=False, methods=["post"], url_path="import", parser_classes=[MultiPartParser, JSONParser])
+    def import_archive(self, request):
+        """A new appliance from an archive: an upload (multipart field
+        `archive`), or the `url` of one this server exported. Every member is
+        checked against the manifest before anything is made."""
+        data = _validated(s.ArchiveImportRequest, request)
+        options = {key: data.get(key) for key in ("name", "ssh_authorized_keys", "user_data")}
+        upload = data.get("archive")
+        if upload is not None and data.get("url") not in (None, ""):
+            raise InvalidInput("Give an archive or a URL, not both.", field="url", code="ambiguous")
+        if upload is not None:
+            appliance = exports.archive_import(actor=request.user, source=upload, **options)
+        elif data.get("url") not in (None, ""):
+            found = exports.archive_from_url(actor=request.user, url=data["url"])
+            with open(found.path, "rb") as source:
+                appliance = exports.archive_import(actor=request.user, source=source, **options)
+        else:
+            raise InvalidInput("Upload an archive (field 'archive') or give the URL of one.", field="archive",
+                               code="required")
+        return Response(s.ApplianceDetailSerializer(self.get_queryset().get(pk=appliance.pk)).data,
+                        status=status.HTTP_201_CREATED)
+
+
+def _secrets_wanted(request) -> bool:
+    value = request.query_params.get("secrets", "")
+    if value not in ("", "include", "exclude"):
+        raise InvalidInput("secrets is 'include' or 'exclude'.", field="secrets", code="invalid_choice")
+    return value == "include"
 
 
 class PhoneHomeView(APIView):

@@ -46,3 +46,21 @@ def test_caching_a_template_everywhere_makes_one_entry_per_host(operator_client)
     operator_client.post("/admin/appliances/template/", {"action": "cache_everywhere", "_selected_action": [template_id]})
     operator_client.post("/admin/appliances/template/", {"action": "cache_everywhere", "_selected_action": [template_id]})
     assert sorted(CacheEntry.objects.values_list("host__name", flat=True)) == ["a", "b"]
+
+
+def test_operators_export_from_the_admin_and_see_each_appliances_archives(operator_client):
+    from appliances.models import Archive
+
+    make_host()
+    stopped = services.appliance_create(actor=person("alice"), name="stopped-one", template=TEMPLATE)
+    Operation.objects.filter(appliance=stopped).update(status="succeeded")
+    Appliance.objects.filter(pk=stopped.pk).update(status="stopped")
+    response = operator_client.post("/admin/appliances/appliance/", {
+        "action": "export", "_selected_action": [stopped.pk],
+    }, follow=True)
+    assert "Export queued: 1." in html.unescape(response.content.decode())
+    job = Operation.objects.get(appliance=stopped, kind="export")
+    assert job.params == {"secrets": False}, "the admin never exports keys"
+    Archive.objects.create(appliance=stopped, path="/nonexistent", size=123, sha256="cd" * 32, consistency="stopped")
+    change = operator_client.get(f"/admin/appliances/appliance/{stopped.pk}/change/").content.decode()
+    assert "cd" * 32 in change

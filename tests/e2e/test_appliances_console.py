@@ -290,3 +290,46 @@ def test_on_a_phone_each_appliance_is_a_card_with_labelled_values(browser: Brows
     expect(card.get_by_test_id("take-snapshot")).to_be_visible()
     assert page.evaluate("document.documentElement.scrollWidth") <= 390, "nothing sticks out sideways"
     expect(card.get_by_test_id("appliance-size")).to_have_text("1 vCPU, 1.5 GiB memory, 8 GiB disk")
+
+
+def test_export_shows_its_progress_then_a_download_of_the_archive(browser: Browser, settings, tmp_path):
+    settings.ARCHIVE_DIR = str(tmp_path / "archives")
+    page = browser.page
+    sign_up(browser, "Ex Port")
+    appliance = appliance_of("Ex Port")
+    finish_jobs(appliance, Status.STOPPED)
+    row = page.get_by_test_id("appliance")
+    expect(row.get_by_test_id("appliance-status")).to_have_text("stopped")
+    expect(row.get_by_test_id("download-archive")).to_have_count(0)
+
+    row.get_by_test_id("action-export").click()
+    expect(page.get_by_test_id("appliances-status")).to_contain_text("Exporting “web”")
+    expect(row.get_by_test_id("appliance-job")).to_contain_text("export: pending")
+    expect(row.get_by_test_id("action-start")).to_be_disabled()
+
+    # The host's worker reports progress (the card looks again while a job runs) ...
+    def progress():
+        Operation.objects.filter(appliance=appliance, kind="export").update(status="running", progress=57)
+
+    off_the_page_loop(progress)
+    expect(row.get_by_test_id("appliance-progress")).to_have_text("57 %")
+
+    # ... and finishes: the card offers the archive.
+    def finish():
+        from appliances.models import Archive
+
+        body = b"an archive"
+        path = tmp_path / "archive.tar.gz"
+        path.write_bytes(body)
+        Archive.objects.create(appliance=appliance, path=str(path), size=len(body), sha256="ab" * 32,
+                               consistency="stopped")
+        Operation.objects.filter(appliance=appliance, kind="export").update(status="succeeded", progress=100)
+
+    off_the_page_loop(finish)
+    link = row.get_by_test_id("download-archive")
+    expect(link).to_contain_text("Download archive (10\u00a0bytes")
+    expect(link).to_have_attribute("href", f"/api/meshnet/appliances/{appliance.pk}/archive")
+    with page.expect_download() as download:
+        link.click()
+    assert download.value.suggested_filename == f"appliance-{appliance.pk}.tar.gz"
+    assert open(download.value.path(), "rb").read() == b"an archive"

@@ -9,6 +9,7 @@ import pytest
 import yaml
 from django.core.exceptions import ImproperlyConfigured
 
+from appliances import cloudinit
 from appliances.cloudinit import (
     CloudConfigInvalid,
     build_meta_data,
@@ -166,7 +167,7 @@ def test_rendered_user_data_round_trips_and_validates(ssh_key):
         "write_files": [
             {"path": "/etc/wireguard/wg0.conf", "content": WG0_CONF, "owner": "root:root", "permissions": "0600"}
         ],
-        "runcmd": [["systemctl", "enable", "--now", "wg-quick@wg0"]],
+        "runcmd": [["systemctl", "enable", "wg-quick@wg0"], ["systemctl", "restart", "wg-quick@wg0"]],
         "phone_home": {"url": PHONE_HOME, "post": ["instance_id", "hostname"], "tries": 20},
     }
 
@@ -197,7 +198,8 @@ def test_the_users_lists_follow_ours_and_their_other_values_win(ssh_key):
         "write_files: [{path: /etc/motd, content: hello}]\n"
     )
     config = render(ssh_key, user_config)
-    assert config["runcmd"] == [["systemctl", "enable", "--now", "wg-quick@wg0"], ["systemctl", "start", "nginx"]]
+    assert config["runcmd"] == [["systemctl", "enable", "wg-quick@wg0"], ["systemctl", "restart", "wg-quick@wg0"],
+                                ["systemctl", "start", "nginx"]]
     assert [item["path"] for item in config["write_files"]] == ["/etc/wireguard/wg0.conf", "/etc/motd"]
     assert config["ssh_authorized_keys"][0] == ssh_key and len(config["ssh_authorized_keys"]) == 2
     assert config["users"] == ["default", {"name": "bob", "shell": "/bin/bash"}]
@@ -258,3 +260,32 @@ def test_a_missing_schema_says_how_to_install_it(settings, tmp_path):
     settings.CLOUD_INIT_SCHEMA = tmp_path / "schema-cloud-config-v1.json"
     with pytest.raises(ImproperlyConfigured, match="make install"):
         validate({})
+
+
+def test_redacting_secrets_leaves_out_credentials_and_says_which():
+    config = {
+        "packages": ["htop"],
+        "password": "hunter2",
+        "chpasswd": {"users": [{"name": "debian", "password": "x"}]},
+        "ssh_keys": {"ed25519_private": "-----BEGIN OPENSSH PRIVATE KEY-----"},
+        "users": [{"name": "ops", "passwd": "$6$hash", "groups": "sudo"}, "default"],
+        "write_files": [
+            {"path": "/etc/motd", "content": "hi"},
+            {"path": "/root/token", "content": "s3cr3t", "permissions": "0600"},
+            {"path": "/etc/app.conf", "content": "x", "permissions": "0644"},
+        ],
+    }
+    kept, redacted = cloudinit.redact_secrets(config)
+    assert kept == {
+        "packages": ["htop"],
+        "users": [{"name": "ops", "groups": "sudo"}, "default"],
+        "write_files": [{"path": "/etc/motd", "content": "hi"},
+                        {"path": "/etc/app.conf", "content": "x", "permissions": "0644"}],
+    }
+    assert redacted == ["password", "chpasswd", "ssh_keys", "users[0].passwd", "write_files[1] (/root/token)"]
+    assert config["password"] == "hunter2", "the owner's config itself is not changed"
+
+
+def test_user_data_without_a_phone_home_url_has_no_phone_home():
+    text = cloudinit.build_user_data(hostname="web", ssh_authorized_keys=[], wg0_conf=None, phone_home_url=None)
+    assert "phone_home" not in yaml.safe_load(text)

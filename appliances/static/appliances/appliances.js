@@ -140,6 +140,8 @@
     shutdown: (name) => "Shutting down “" + name + "”: its guest is asked to power off, and is forced off if it does not.",
     reboot: (name) => "Rebooting “" + name + "”: its guest is asked to restart.",
     poweroff: (name) => "Powering off “" + name + "” now.",
+    export: (name) => "Exporting “" + name + "”: its host copies the disk (a running guest pauses for the copy) " +
+      "and writes the archive; the download appears here when it is done.",
   };
 
   async function act(button, row) {
@@ -160,7 +162,8 @@
         await api("DELETE", "/" + id + "/snapshots/" + button.dataset.snapshotId);
         say("ok", "Deleting the snapshot “" + button.dataset.snapshotName + "” of “" + name + "”.");
       } else {
-        await api("POST", "/" + id + "/" + action);
+        // An export is POST …/archive (the seed's path), the rest are named after their action.
+        await api("POST", "/" + id + "/" + (action === "export" ? "archive" : action));
         say("ok", DOING[action](name));
       }
     } catch (err) {
