@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from isal import igzip
+from isal.igzip_lib import IsalError
 
 FORMAT = "infrasim-appliance/1"
 DISK = "disk.qcow2"
@@ -265,7 +266,7 @@ def verify(
         raise ArchiveInvalid("The archive is truncated: its gzip stream ends early.") from None
     except tarfile.ReadError as exc:
         raise ArchiveInvalid(f"The archive is not a readable tar.gz ({exc}).") from None
-    except (OSError, igzip.BadGzipFile, ValueError) as exc:  # isal raises OSError on corrupt deflate data
+    except (OSError, igzip.BadGzipFile, ValueError, IsalError) as exc:  # IsalError: corrupt deflate data
         raise ArchiveInvalid(f"The archive is not a readable tar.gz ({exc}).") from None
     verified.sha256 = hashed.sha256.hexdigest()
     verified.size = hashed.count
@@ -282,7 +283,7 @@ def _verify_tar(stream: BinaryIO, limits: Limits, extract_to: Path | None) -> Ve
     seen: dict[str, FileDigest] = {}
     manifest: dict | None = None
     try:
-        tar = tarfile.open(fileobj=stream, mode="r|", encoding="utf-8", errors="strict")
+        tar = tarfile.open(fileobj=stream, mode="r|", encoding="utf-8", errors="strict", tarinfo=_BoundedTarInfo)
     except tarfile.ReadError as exc:
         raise ArchiveInvalid(f"The archive is not a readable tar.gz ({exc}).") from None
     with tar:
@@ -308,6 +309,23 @@ def _verify_tar(stream: BinaryIO, limits: Limits, extract_to: Path | None) -> Ve
                              else "manifest.json is missing: it must be the archive's last member.")
     _check_against_manifest(manifest, seen)
     return Verified(manifest=manifest, files=seen)
+
+
+# Our members' names are short; a pax or GNU long-name header is tiny.
+METADATA_HEADER_MAX_BYTES = 64 * 1024
+_METADATA_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
+                   tarfile.GNUTYPE_LONGLINK)
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """tarfile reads a pax or GNU long-name header whole into memory, however
+    large it says it is; refuse a large one before it does."""
+
+    def _proc_member(self, tar):
+        if self.type in _METADATA_TYPES and self.size > METADATA_HEADER_MAX_BYTES:
+            raise ArchiveInvalid(f"The archive has a {self.size} byte metadata header; "
+                                 f"at most {METADATA_HEADER_MAX_BYTES} bytes are allowed.")
+        return super()._proc_member(tar)
 
 
 def _show(name: str) -> str:

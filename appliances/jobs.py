@@ -489,6 +489,7 @@ def _export(op: Operation, appliance: Appliance) -> dict:
     report = _progress_reporter(op, appliance)
     try:
         report(1, "copying the disk")
+        began = time.monotonic()
         consistency: dict = {}
         with hypervisor.connection(host.libvirt_uri) as conn:
             state = hypervisor.domain_state(conn, str(appliance.domain_uuid))
@@ -505,6 +506,7 @@ def _export(op: Operation, appliance: Appliance) -> dict:
                 # The disk's last change: two exports of an appliance at rest
                 # carry the same time, so they are the same bytes.
                 state_at = int(paths.disk.stat().st_mtime)
+        copied = time.monotonic()
         _check_not_deleting(appliance)
         seed = _cloud_init(appliance, with_secrets=include_secrets)
         texts = {
@@ -560,7 +562,8 @@ def _export(op: Operation, appliance: Appliance) -> dict:
         partial.unlink(missing_ok=True)
     push(appliance)
     return {"archive": made.pk, "sha256": written.sha256, "size": written.size, "consistency": consistency,
-            "secrets_included": include_secrets}
+            "secrets_included": include_secrets, "copy_s": round(copied - began, 2),
+            "write_s": round(time.monotonic() - copied, 2)}
 
 
 def _progress_reporter(op: Operation, appliance: Appliance, every_s: float = 0.5):

@@ -63,6 +63,7 @@ def members(body: bytes) -> dict[str, bytes]:
 
 
 def test_export_verify_import_and_boot(hosts, libvirt_hosts, mesh, worker, live, tmp_path, settings):
+    began = time.monotonic()
     settings.ARCHIVE_DIR = str(tmp_path / "archives")
     alice, bob = person("alice"), person("bob")
     alice_api, bob_api = client_for(alice), client_for(bob)
@@ -73,6 +74,7 @@ def test_export_verify_import_and_boot(hosts, libvirt_hosts, mesh, worker, live,
     assert created.status_code == 201, created.content
     web_id = created.json()["id"]
     web = wait_for(web_id, "ready", BOOT_TIMEOUT)
+    print(f"ready after {time.monotonic() - began:.0f} s")
     assert in_guest(web, "sh", "-c", "echo from-the-original > /var/tmp/marker && sync")[0] == 0
 
     # --- export while it runs ---------------------------------------------------------------
@@ -83,6 +85,7 @@ def test_export_verify_import_and_boot(hosts, libvirt_hosts, mesh, worker, live,
     assert bob_api.post(f"{API}/appliances/{web_id}/archive").status_code == 404
     job = wait_for_job(web_id, "export", timeout=600)
     assert job.result["consistency"]["method"] == "paused"
+    print("export of a running appliance:", job.result)
     web = wait_for(web_id, "ready", 10)
     assert in_guest(web, "true")[0] == 0, "the guest runs on after the export"
 
@@ -139,6 +142,7 @@ def test_export_verify_import_and_boot(hosts, libvirt_hosts, mesh, worker, live,
     copy_id = response.json()["id"]
     assert copy_id != web_id and response.json()["name"] == "web-copy"
     copy = wait_for(copy_id, "ready", BOOT_TIMEOUT)
+    print(f"the import ready after {time.monotonic() - began:.0f} s")
     assert copy.phoned_home_at is not None and copy.imported_from == sha256
     assert copy.peer_id != web.peer_id and copy.peer.ipv4 != web.peer.ipv4
     code, marker, _ = in_guest(copy, "cat", "/var/tmp/marker")
@@ -160,6 +164,7 @@ def test_export_verify_import_and_boot(hosts, libvirt_hosts, mesh, worker, live,
         assert alice_api.post(f"{API}/appliances/{web_id}/archive").status_code == 202
         job = wait_for_job(web_id, "export", timeout=600)
         assert job.result["consistency"]["method"] == "stopped"
+        print("export of a stopped appliance:", job.result)
         digests.append(job.result["sha256"])
     assert digests[0] == digests[1], "two exports of a stopped appliance differ"
     # Retention keeps the newest two per appliance; the same bytes share one file.
