@@ -311,9 +311,16 @@ def create_overlay(*, backing: Path, backing_format: str, path: Path, size_bytes
         if existing.get("format") != "qcow2" or existing.get("full-backing-filename") != str(backing):
             raise HypervisorError(f"{path} exists and is not an overlay on {backing}")
         return
+    _create_qcow2(path, size_bytes, "-F", backing_format, "-b", str(backing))
+
+
+def _create_qcow2(path: Path, size_bytes: int, *options: str) -> None:
+    """`qemu-img create` of a qcow2 under a temporary name, owned like its
+    directory and private to that owner, then renamed into place: a crash
+    leaves no half-made disk at `path`."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        _qemu_img("create", "-q", "-f", "qcow2", "-F", backing_format, "-b", str(backing), str(temporary), str(size_bytes))
+        _qemu_img("create", "-q", "-f", "qcow2", *options, str(temporary), str(size_bytes))
         owner = path.parent.stat()
         os.chown(temporary, owner.st_uid, owner.st_gid)
         os.chmod(temporary, 0o600)
@@ -354,15 +361,7 @@ def flatten(source: Path, target: Path, *, force_share: bool = False,
 def create_blank(path: Path, size_bytes: int) -> None:
     """An empty standalone qcow2, owned like its directory: a migration's
     target for a disk that has no base image."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        _qemu_img("create", "-q", "-f", "qcow2", str(temporary), str(size_bytes))
-        owner = path.parent.stat()
-        os.chown(temporary, owner.st_uid, owner.st_gid)
-        os.chmod(temporary, 0o600)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    _create_qcow2(path, size_bytes)
 
 
 def resize(path: Path, size_bytes: int) -> None:

@@ -424,3 +424,32 @@ def test_kvm_that_cannot_boot_linux_is_not_used(kvm_libvirt_host, linux_kernel):
     else:
         assert accel == "kvm", detail
     assert hypervisor.detect_acceleration(conn, kernel=None, initrd=None)[0] == "tcg"
+
+
+def test_a_flattened_copy_stands_alone_and_a_blank_disk_is_owned_like_its_directory(tmp_path):
+    base, overlay = tmp_path / "base.qcow2", tmp_path / "overlay.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "64M"], check=True)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0xab 0 1M", str(base)], check=True, capture_output=True)
+    hypervisor.create_overlay(backing=base, backing_format="qcow2", path=overlay, size_bytes=128 * 2**20)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0xcd 1M 1M", str(overlay)], check=True,
+                   capture_output=True)
+    seen: list[float] = []
+    flat = tmp_path / "flat.qcow2"
+    assert hypervisor.flatten(overlay, flat, on_progress=seen.append) == 128 * 2**20
+    assert seen and seen[-1] == 100.0
+    info = hypervisor.image_info(flat, "qcow2")
+    assert "backing-filename" not in info
+    base.unlink()  # the copy needs nothing of its chain
+    for offset, pattern in (("0", "0xab"), ("1M", "0xcd")):
+        check = subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"read -P {pattern} {offset} 1M", str(flat)],
+                               capture_output=True, text=True)
+        assert check.returncode == 0 and "Pattern verification failed" not in check.stdout, check.stdout
+
+    directory = tmp_path / "vm"
+    directory.mkdir()
+    os.chown(directory, 4242, 4343)
+    blank = directory / "disk.qcow2"
+    hypervisor.create_blank(blank, 2**30)
+    assert (blank.stat().st_uid, blank.stat().st_gid, blank.stat().st_mode & 0o777) == (4242, 4343, 0o600)
+    assert hypervisor.image_info(blank, "qcow2")["virtual-size"] == 2**30
+    assert list(directory.iterdir()) == [blank], "no temporary file left"
