@@ -159,6 +159,9 @@ def test_export_verify_import_and_boot(hosts, libvirt_hosts, mesh, worker, live,
     # --- a stopped appliance exports to the same bytes twice -------------------------------------
     assert alice_api.post(f"{API}/appliances/{web_id}/shutdown").status_code == 202
     wait_for(web_id, "stopped", 180)
+    # The status says stopped a moment before the shutdown job settles; until
+    # then an export is refused as busy (409).
+    wait_for_job(web_id, "shutdown")
     digests = []
     for _ in range(2):
         assert alice_api.post(f"{API}/appliances/{web_id}/archive").status_code == 202
