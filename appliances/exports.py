@@ -11,7 +11,6 @@ the caller proved who they are as a `Proof`; the rule is here.
 
 from __future__ import annotations
 
-import logging
 import shutil
 import time
 import uuid
@@ -31,7 +30,6 @@ from identity.sessions import Proof
 from infrasim_site.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from infrasim_site.steps import UNFINISHED
 
-log = logging.getLogger(__name__)
 
 Status = Appliance.Status
 Kind = Operation.Kind
