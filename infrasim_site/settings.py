@@ -65,6 +65,9 @@ SECRET_KEY = _secret_key()
 # --- The seed's variables -------------------------------------------------
 BASE_DOMAIN = env_domain("BASE_DOMAIN", "localhost")
 MATRIX_DOMAIN = env_domain("MATRIX_DOMAIN", "matrix.localhost")
+# The transparency log's origin line (C2SP tlog-checkpoint): names this log in
+# every checkpoint and in its verifier key. No spaces, no "+".
+LEDGER_ORIGIN = env_str("LEDGER_ORIGIN", f"{BASE_DOMAIN}/infrasim/log")
 WEBAUTHN_RP_ID = env_domain("WEBAUTHN_RP_ID", "localhost")
 # Where `make run` listens. Without an explicit origin the browser opens
 # http://localhost:<port>, and every process (web, worker, manage.py) must
