@@ -615,6 +615,15 @@ HANDLERS = {
 }
 
 
+def register_handler(kind: str, handler) -> None:
+    """Another app's job that must hold the appliance like ours do (one job at
+    a time, on its host's queue, cancelled by a delete): forensics' memory
+    capture registers here, since appliances may not import forensics."""
+    if kind in HANDLERS and HANDLERS[kind] is not handler:
+        raise RuntimeError(f"a handler for {kind} is already registered")
+    HANDLERS[kind] = handler
+
+
 def run_operation(operation_id: int) -> None:
     if Operation.claim(operation_id) is Claim.NOT_OURS:
         return

@@ -214,6 +214,7 @@ class Operation(Step):
         SNAPSHOT_REVERT = "snapshot_revert", "revert to snapshot"
         SNAPSHOT_DELETE = "snapshot_delete", "delete snapshot"
         EXPORT = "export", "export"
+        MEMORY_DUMP = "memory_dump", "capture memory"
         DELETE = "delete", "delete"
 
     task_name = "appliances.tasks.run_operation"

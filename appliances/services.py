@@ -375,6 +375,7 @@ ALLOWED_FROM = {
     Kind.SNAPSHOT_REVERT: ({Status.READY, Status.STOPPED, Status.FAILED}, "It is being changed."),
     Kind.SNAPSHOT_DELETE: ({Status.READY, Status.STOPPED, Status.FAILED}, "It is being changed."),
     Kind.EXPORT: ({Status.READY, Status.STOPPED}, "An appliance is exported when it is ready or stopped."),
+    Kind.MEMORY_DUMP: ({Status.READY, Status.BOOTING}, "Only a running appliance has memory to capture."),
 }
 
 

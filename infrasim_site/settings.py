@@ -224,6 +224,18 @@ ARCHIVE_IMPORT_MAX_TOTAL_BYTES = env_int("ARCHIVE_IMPORT_MAX_TOTAL_BYTES", 64 * 
 ARCHIVE_SECRETS_RECHECK_SECONDS = env_int("ARCHIVE_SECRETS_RECHECK_SECONDS", 300, minimum=30, maximum=3600)
 INFRASIM_VERSION = "0.9.0"
 
+# --- Forensics ------------------------------------------------------------------
+# The evidence store (content-addressed memory dumps, read-only once written).
+# Hypervisor workers write here and the web process serves downloads, so with
+# several hosts it is a shared mount, like ARCHIVE_DIR.
+EVIDENCE_DIR = Path(env_str("EVIDENCE_DIR", str(VAR_DIR / "evidence")))
+# Operators may capture any running appliance's memory; with this on, an owner
+# may capture their own too.
+FORENSICS_OWNERS_MAY_ACQUIRE = env_bool("FORENSICS_OWNERS_MAY_ACQUIRE", False)
+# Also copy each dump to the requester's S3 bucket (needs the S3 provider and a
+# provisioned handle); the local copy stays the one served and verified.
+FORENSICS_COPY_TO_S3 = env_bool("FORENSICS_COPY_TO_S3", False)
+
 # --- Secrets at rest --------------------------------------------------------
 INFRASIM_MASTER_KEY = load_master_key(
     inline=env_str("INFRASIM_MASTER_KEY", ""),
@@ -448,6 +460,7 @@ THROTTLE_RATES = {
     "mesh_write": "60/min",
     "appliance_write": "60/min",
     "phone_home": "60/min",
+    "acquisition": "10/min",
     **env_rates("THROTTLE_RATES"),
 }
 

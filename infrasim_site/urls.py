@@ -26,10 +26,12 @@ urlpatterns = [
     path("api/meshnet/mesh/", include("mesh.api.urls")),
     path("api/meshnet/", include("appliances.api.urls")),
     path("api/meshnet/", include("identity.api.urls")),
+    path("api/forensics/", include("forensics.api.urls")),
     path("api/", views.ApiRootView.as_view(), name="api-root"),
     path("", include(("identity.urls", "identity"), namespace="identity")),
     path("", include(("mesh.urls", "mesh"), namespace="mesh")),
     path("", include(("appliances.urls", "appliances"), namespace="appliances")),
+    path("", include(("forensics.urls", "forensics"), namespace="forensics")),
     path("", include(([path("", views.dashboard, name="dashboard")], "console"))),
     path("favicon.ico", RedirectView.as_view(url="/static/infrasim/favicon.svg")),
 ]

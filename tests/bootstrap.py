@@ -37,7 +37,7 @@ os.environ["APPLIANCE_PHONE_HOME_URL"] = f"http://10.0.2.2:{LIVE_SERVER_PORT}"
 os.environ["THROTTLE_RATES"] = ",".join(
     f"{scope}=100000/min"
     for scope in ("anonymous", "account_write", "signup", "login", "availability", "token_create", "provisioning", "mesh_write",
-                  "appliance_write", "phone_home")
+                  "appliance_write", "phone_home", "acquisition")
 )
 
 _redis = os.environ.get("REDIS_URL", "")

@@ -121,6 +121,20 @@ def an_appliance_with_an_archive(owner: Client) -> int:
     return appliance_id
 
 
+def a_capture(owner: Client) -> int:
+    """A finished memory capture the owner requested (owners may, in the matrix)."""
+    from tests.forensics.acquisitions import a_complete_acquisition
+
+    return a_complete_acquisition(owner.user).pk
+
+
+def a_log_entry(owner: Client) -> int:
+    """An entry of the transparency log that concerns the owner (their sign-up)."""
+    from forensics.models import LedgerEntry
+
+    return LedgerEntry.objects.filter(concerns=owner.user.pk).order_by("index").first().index
+
+
 def snapshot_of(appliance_id: int) -> int:
     from appliances.models import Snapshot
 
@@ -166,6 +180,12 @@ ROUTES = [
           False, (200,)),
     Route("appliance archives", "get", f"{API}/appliances/{{id}}/archives", an_appliance_with_an_archive, False,
           (200,)),
+    Route("memory capture detail", "get", "/api/forensics/acquisitions/{id}", a_capture, False, (200,)),
+    Route("memory capture evidence", "get", "/api/forensics/acquisitions/{id}/evidence", a_capture, False, (200,)),
+    Route("memory capture bundle", "get", "/api/forensics/acquisitions/{id}/bundle", a_capture, False, (200,)),
+    # Co-signing is the requester's passkey at work: personal, like credentials.
+    Route("log entry", "get", "/api/forensics/log/entries/{id}", a_log_entry, False, (200,)),
+    Route("memory capture cosign options", "get", "/api/forensics/acquisitions/{id}/cosign", a_capture, True, (200,)),
 ]
 
 
@@ -209,6 +229,7 @@ def caller(actor: str, owner: Client) -> tuple[Client, dict]:
 @pytest.mark.parametrize("route", ROUTES, ids=lambda route: route.name)
 def test_owned_resource_matrix(route, actor, settings):
     settings.APPLIANCE_HOST_ANSWER_SECONDS = 1
+    settings.FORENSICS_OWNERS_MAY_ACQUIRE = True
     owner = signed_in_person("Olive Owner")
     object_id = route.make(owner)
     client, headers = caller(actor, owner)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 import boto3
+import boto3.exceptions
 import botocore.config
 import botocore.exceptions
 
@@ -118,6 +119,16 @@ class S3Provider:
         if tagged is None:
             self._call("put_bucket_tagging", Bucket=bucket, Tagging={"TagSet": [{"Key": OWNER_TAG, "Value": owner}]})
         return f"bucket {bucket} ready"
+
+    def upload_file(self, handle: str, key: str, path: str, *, metadata: dict[str, str]) -> str:
+        """Copy a file into the user's bucket (multipart for big ones); returns s3://bucket/key."""
+        bucket = self.bucket(handle)
+        try:
+            self.client.upload_file(path, bucket, key, ExtraArgs={"Metadata": metadata})
+        except (boto3.exceptions.S3UploadFailedError, botocore.exceptions.BotoCoreError,
+                botocore.exceptions.ClientError) as exc:
+            raise TransientProviderError(f"S3 upload to {bucket}/{key} failed: {exc}") from exc
+        return f"s3://{bucket}/{key}"
 
     def deprovision(self, identity) -> str:
         bucket = self.bucket(identity.handle)

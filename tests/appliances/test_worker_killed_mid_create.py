@@ -40,16 +40,17 @@ def private_broker_url() -> str:
     return settings.REDIS_URL.rsplit("/", 1)[0] + "/8"
 
 
-def start_worker() -> subprocess.Popen:
+def start_worker(queue: str = QUEUE, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
     env = {
         **os.environ,
+        **(extra_env or {}),
         "DATABASE_URL": database.url_for_subprocess(),
         "REDIS_URL": private_broker_url(),
         "CELERY_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
         "CELERY_RESTORE_INTERVAL": "1",
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "infrasim_site", "worker", "-Q", QUEUE, "--pool", "solo",
+        [sys.executable, "-m", "celery", "-A", "infrasim_site", "worker", "-Q", queue, "--pool", "solo",
          "--without-mingle", "--without-gossip", "--loglevel", "WARNING"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )

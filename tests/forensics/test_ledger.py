@@ -1,4 +1,5 @@
 import hashlib
+import io
 import json
 import os
 import sqlite3
@@ -7,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from django.core.management import CommandError, call_command
 from django.db import transaction
 
 from forensics import ledger
@@ -30,6 +32,7 @@ def test_recorded_events_change_the_tree_head(db):
     after = ledger.tree_head()
     assert after["size"] == before["size"] + 1
     assert after["root"] != before["root"]
+    assert entry.index == before["size"]
     assert len(entry.leaf_hash) == 64
 
 
@@ -44,7 +47,7 @@ def test_an_event_rolls_back_with_the_change_it_records(db):
 def test_every_leaf_and_the_root_can_be_recomputed_from_the_stored_rows(db):
     _record_some()
     hashes = []
-    for row in LedgerEntry.objects.order_by("id"):
+    for row in LedgerEntry.objects.order_by("index"):
         data = bytes(row.leaf)
         assert hashlib.sha256(b"\x00" + data).hexdigest() == row.leaf_hash
         leaf = json.loads(data)
@@ -89,28 +92,26 @@ def test_verify_names_the_entry_whose_row_was_tampered_with(db, change):
     LedgerEntry.objects.filter(pk=target.pk).update(**change)
     result = ledger.verify()
     assert not result.ok
-    assert all(problem.startswith(f"entry #{target.pk}:") for problem in result.problems)
+    assert all(problem.startswith(f"entry #{target.pk} (index {target.index}):") for problem in result.problems)
 
 
-def test_a_consistently_rewritten_entry_is_caught_by_an_earlier_tree_head(db):
+def test_a_consistently_rewritten_entry_is_caught_by_the_stored_nodes_and_an_earlier_tree_head(db):
     target = _record_some()[0]
     head = ledger.tree_head()
-    data = ledger.canonical_leaf(
-        kind="passkey.added", actor="user:1", subject="passkey:8", payload={}, recorded_at=target.recorded_at.isoformat()
-    )
+    data = ledger.canonical_leaf(kind="passkey.added", actor="user:1", subject="passkey:8", payload={},
+                                 recorded_at=target.recorded_at.isoformat())
     LedgerEntry.objects.filter(pk=target.pk).update(
         subject="passkey:8", payload={}, leaf=data, leaf_hash=leaf_hash(data).hex()
     )
-    assert ledger.verify().ok
     result = ledger.verify(trusted_head=head)
-    assert result.problems == [f"the first {head['size']} entries no longer have the trusted root {head['root']}"]
+    assert any(f"#{target.pk} (index {target.index})" in problem for problem in result.problems)
+    assert f"the first {head['size']} entries no longer have the trusted root {head['root']}" in result.problems
 
 
-def test_a_deleted_entry_is_caught_by_an_earlier_tree_head(db):
+def test_a_deleted_entry_leaves_its_index_missing(db):
     entries = _record_some()
-    head = ledger.tree_head()
     LedgerEntry.objects.filter(pk=entries[-1].pk).delete()
-    assert not ledger.verify(trusted_head=head).ok
+    assert f"index {entries[-1].index} is missing: its entry was deleted" in ledger.verify().problems
 
 
 def _migrate(var_dir: Path, *args: str) -> subprocess.CompletedProcess:
@@ -125,8 +126,8 @@ def test_a_migrated_database_refuses_to_update_or_delete_ledger_entries(tmp_path
     _migrate(tmp_path, "migrate", "--noinput")
     database = sqlite3.connect(tmp_path / "infrasim.sqlite3")
     database.execute(
-        "INSERT INTO forensics_ledgerentry (recorded_at, kind, actor, subject, payload, leaf, leaf_version, leaf_hash) "
-        "VALUES ('2026-01-01', 'k', 'system', 's', '{}', x'7b7d', 1, 'ab')"
+        'INSERT INTO forensics_ledgerentry ("index", recorded_at, kind, actor, subject, payload, leaf, leaf_version, '
+        "leaf_hash) VALUES (0, '2026-01-01', 'k', 'system', 's', '{}', x'7b7d', 1, 'ab')"
     )
     database.commit()
     for statement in ("UPDATE forensics_ledgerentry SET kind = 'rewritten'", "DELETE FROM forensics_ledgerentry"):
@@ -178,29 +179,28 @@ def test_rows_from_before_leaf_bytes_are_rebased_and_the_rebase_is_recorded(tmp_
     assert _migrate(tmp_path, "shell", "-c", check).stdout.strip().splitlines()[-1] == "True 3 []"
 
 
-def test_verifyledger_prints_the_head_and_fails_on_a_rewritten_history(db):
-    import io
-
-    import pytest
-    from django.core.management import CommandError, call_command
-
-    from forensics import ledger
-    from forensics.models import LedgerEntry
-
+def test_ledger_verify_prints_the_head_and_fails_on_a_rewritten_history(db):
     for n in range(3):
         ledger.record(kind="test.event", actor="system", subject=f"thing:{n}", payload={"n": n})
     out = io.StringIO()
-    call_command("verifyledger", stdout=out)
+    call_command("ledger_verify", stdout=out)
     head = ledger.tree_head()
-    assert out.getvalue().strip() == f"size {head['size']} root {head['root']}"
+    assert out.getvalue().splitlines()[0] == f"size {head['size']} root {head['root']}"
 
     # The suite's database has no append-only triggers, so history can be
-    # "rewritten" here, consistently (hash and leaf together), and caught
-    # against the head printed before.
-    entry = LedgerEntry.objects.order_by("id").first()
+    # "rewritten" here, consistently (hash and leaf together), and caught.
+    entry = LedgerEntry.objects.order_by("index").first()
     forged = ledger.canonical_leaf(kind="test.event", actor="system", subject="thing:0", payload={"n": 99},
                                    recorded_at=entry.recorded_at.isoformat())
-    LedgerEntry.objects.filter(pk=entry.pk).update(leaf=forged, payload={"n": 99}, leaf_hash=ledger.leaf_hash(forged).hex())
-    call_command("verifyledger", stdout=io.StringIO())  # consistent by itself...
+    LedgerEntry.objects.filter(pk=entry.pk).update(leaf=forged, payload={"n": 99}, leaf_hash=leaf_hash(forged).hex())
+    errors = io.StringIO()
     with pytest.raises(CommandError, match="does not verify"):
-        call_command("verifyledger", "--size", str(head["size"]), "--root", head["root"], stdout=io.StringIO(), stderr=io.StringIO())
+        call_command("ledger_verify", "--size", str(head["size"]), "--root", head["root"], stdout=io.StringIO(),
+                     stderr=errors)
+    assert f"#{entry.pk} (index 0)" in errors.getvalue()
+    assert f"the first {head['size']} entries no longer have the trusted root {head['root']}" in errors.getvalue()
+
+
+def test_ledger_verify_wants_size_and_root_together(db):
+    with pytest.raises(CommandError, match="go together"):
+        call_command("ledger_verify", "--size", "3", stdout=io.StringIO())

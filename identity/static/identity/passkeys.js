@@ -58,6 +58,9 @@
     };
   }
 
+  // Other cards ask for assertions of their own (forensics' co-signature).
+  window.InfraSimPasskeys = { requestOptions: requestOptions, credentialJSON: credentialJSON };
+
   async function post(path, body, signal) {
     const resp = await fetch(API + path, {
       method: "POST",
