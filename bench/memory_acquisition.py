@@ -6,9 +6,12 @@ Run as root from the project root:  .venv/bin/python bench/memory_acquisition.py
 
 For diskless guests of 1 GiB and 4 GiB of RAM (TCG, SeaBIOS with nothing to
 boot), each run measures, alternating:
-- ours: `memory_dump.acquire` of the guest as ELF into a file: libvirt's dump
-  into a FIFO, every byte hashed (SHA-256) as it arrives and written, the file
-  fsynced and renamed;
+- ours: the whole capture as the worker runs it: `memory_dump.acquire` of the
+  guest as ELF into a file (libvirt's dump into a FIFO, every byte hashed
+  with SHA-256 as it arrives and written, the file fsynced and renamed), then
+  the in-toto statement signed into a DSSE envelope (Ed25519) and the
+  attestation appended to the transparency log (`ledger.record`, on a
+  scratch SQLite database set up as bench/transparency_log.py does);
 - virsh-dump: `virsh dump --memory-only --format elf` of the same guest into a
   file (libvirt's iohelper writes it and fdatasyncs it);
 - virsh-dump+sha256sum: that, then `sha256sum` of the file (what hashing
@@ -53,6 +56,7 @@ sys.path.insert(0, str(ROOT))
 
 from appliances import hypervisor  # noqa: E402  (needs ROOT on the path)
 from appliances.sessiond import DAEMON, SessionDaemon  # noqa: E402
+from bench.transparency_log import setup_django  # noqa: E402
 from forensics import memory_dump  # noqa: E402
 
 MIB = 1 << 20
@@ -179,6 +183,27 @@ def write_fills(workdir: Path, memory_mib: int, fill_mib: int) -> list[Path]:
 # --- measuring ----------------------------------------------------------------------------
 
 
+def capture(conn, guest: str, destination: Path, key) -> memory_dump.DumpResult:
+    """Dump, hash, sign and log: what the capture job does, minus the database rows around it."""
+    import hashlib
+
+    from forensics import ledger
+    from forensics.offline_verify import ATTESTATION_KIND, PREDICATE_TYPE, STATEMENT_TYPE
+    from forensics.signatures import canonical_json, sign_envelope
+
+    result = memory_dump.acquire(conn, guest, destination=destination)
+    payload = canonical_json({
+        "_type": STATEMENT_TYPE, "predicateType": PREDICATE_TYPE,
+        "subject": [{"name": destination.name, "digest": {"sha256": result.sha256}}],
+        "predicate": {"evidence": {"size": result.size, "sha256": result.sha256}, "arguments": result.arguments},
+    })
+    envelope = sign_envelope(payload, key)
+    ledger.record(kind=ATTESTATION_KIND, actor="system", subject="bench:memory", payload={
+        "subject_sha256": result.sha256, "payload_sha256": hashlib.sha256(payload).hexdigest(),
+        "keyid": envelope["signatures"][0]["keyid"]})
+    return result
+
+
 def timed(action):
     """(seconds, what `action` returned), after writing back what earlier runs left dirty."""
     os.sync()
@@ -199,13 +224,16 @@ def measure_size(daemon: Daemon, workdir: Path, memory_mib: int, args: argparse.
     name, guest = f"bench-dump-{memory_mib}-{os.getpid()}", str(uuid.uuid4())
     ours_file, virsh_file = workdir / "ours" / "memory.elf", daemon.session.storage_dir / "memory.elf"
     times: dict[str, list[float]] = {"ours": [], "virsh-dump": [], "virsh-dump+sha256sum": []}
+    import nacl.signing
+
+    key = nacl.signing.SigningKey.generate()
     with hypervisor.connection(daemon.uri) as conn:
         conn.defineXML(guest_xml(name, guest, memory_mib, fills)).create()
         try:
             time.sleep(1)  # SeaBIOS has looked for something to boot and idles
             print(f"{memory_mib} MiB guest, {fill_mib} MiB of it random bytes:")
             for index in range(args.runs):
-                ours, result = timed(lambda: memory_dump.acquire(conn, guest, destination=ours_file))
+                ours, result = timed(lambda: capture(conn, guest, ours_file, key))
                 if index == 0:
                     check = subprocess.run(["sha256sum", str(ours_file)], capture_output=True, text=True, check=True)
                     if check.stdout.split()[0] != result.sha256:
@@ -262,6 +290,7 @@ def main() -> int:
             cleanup.callback(shutil.rmtree, workdir, True)
             os.chmod(workdir, 0o711)  # the daemon's user reaches its home and the fill files in here
             (workdir / "ours").mkdir(mode=0o700)
+            setup_django(workdir, None)
             daemon = Daemon(workdir / "hv", args.libvirt_user)
             cleanup.callback(daemon.stop)
             daemon.start()
