@@ -47,14 +47,30 @@ class LedgerCheckpointAdmin(_ReadOnlyAdmin):
 
 
 class AcquisitionForm(forms.ModelForm):
-    """"Capture memory" in the admin: the same service as the console and the API."""
+    """"Capture memory" in the admin: the same service as the console and the
+    API. The request is made while the form validates, so a refusal (busy,
+    stopped, not allowed) stands beside its field like any form error."""
 
     appliance = forms.ModelChoiceField(queryset=Appliance.objects.filter(status__in=RUNNING).order_by("name"),
                                        help_text="A running appliance.")
+    actor = None  # the operator, set by AcquisitionAdmin.get_form
+    made: Acquisition | None = None
 
     class Meta:
         model = Acquisition
         fields = ["appliance", "case_ref", "reason", "format"]
+
+    def clean(self):
+        data = super().clean()
+        if self.errors:
+            return data
+        try:
+            self.made = services.acquisition_request(
+                actor=self.actor, appliance_id=data["appliance"].pk, case_ref=data["case_ref"],
+                reason=data["reason"], format=data["format"])
+        except ServiceError as exc:
+            raise ValidationError({exc.field if exc.field in self.fields else NON_FIELD_ERRORS: exc.message}) from exc
+        return data
 
 
 @admin.register(Acquisition)
@@ -70,7 +86,7 @@ class AcquisitionAdmin(admin.ModelAdmin):
 
     def get_form(self, request, obj=None, **kwargs):
         if obj is None:
-            kwargs["form"] = AcquisitionForm
+            kwargs["form"] = type("AcquisitionRequestForm", (AcquisitionForm,), {"actor": request.user})
         return super().get_form(request, obj, **kwargs)
 
     def get_fields(self, request, obj=None):
@@ -89,13 +105,7 @@ class AcquisitionAdmin(admin.ModelAdmin):
         return False  # evidence and its custody record are kept
 
     def save_model(self, request, obj, form, change):
-        data = form.cleaned_data
-        try:
-            made = services.acquisition_request(actor=request.user, appliance_id=data["appliance"].pk,
-                                                case_ref=data["case_ref"], reason=data["reason"], format=data["format"])
-        except ServiceError as exc:
-            raise ValidationError({exc.field or NON_FIELD_ERRORS: exc.message}) from exc
-        obj.pk = made.pk
+        obj.pk = form.made.pk  # the service made the row while the form validated
 
     def save_related(self, request, form, formsets, change):
         pass  # the service made the row

@@ -142,7 +142,8 @@ def seal_and_log(acquisition: Acquisition, appliance: Appliance, dump: memory_du
     stored = evidence.place(dump.path, dump.sha256)
     _set_phase(acquisition, Acquisition.Phase.SIGNING)
     key = keys.current_key(requester)
-    custody = custody_record(acquisition, appliance, dump, key.key_id, key.handle, evidence.relative(stored))
+    custody = custody_record(acquisition, appliance, dump, key.key_id, keys.handle_of(requester) or key.handle,
+                             evidence.relative(stored))
     envelope = sign_envelope(
         attestation.statement(subject_name=acquisition.evidence_name, sha256=dump.sha256, custody=custody),
         keys.signer(key),

@@ -14,7 +14,7 @@ from forensics.offline_verify import key_id
 from infrasim_site.sealing import seal, unseal
 
 
-def _handle_of(user) -> str:
+def handle_of(user) -> str:
     identity = getattr(user, "identity", None)
     return getattr(identity, "handle", "") or ""
 
@@ -23,7 +23,7 @@ def _create(user) -> SigningKey:
     private = nacl.signing.SigningKey.generate()
     public = bytes(private.verify_key)
     key = SigningKey.objects.create(
-        user=user, handle=_handle_of(user), key_id=key_id(public), public_key=public,
+        user=user, handle=handle_of(user), key_id=key_id(public), public_key=public,
         sealed_private_key=seal(bytes(private)),
     )
     ledger.record(kind="forensics.signing_key.created", actor=ledger.actor_label(user),

@@ -54,6 +54,11 @@ PIPE_FORMATS = {
     "kdump-lzo": libvirt.VIR_DOMAIN_CORE_DUMP_FORMAT_KDUMP_LZO,
     "kdump-snappy": libvirt.VIR_DOMAIN_CORE_DUMP_FORMAT_KDUMP_SNAPPY,
 }
+_FORMAT_NAMES = {
+    fmt: next(name for name in dir(libvirt) if name.startswith("VIR_DOMAIN_CORE_DUMP_FORMAT_")
+              and getattr(libvirt, name) == value)
+    for fmt, value in PIPE_FORMATS.items()
+}
 
 # iohelper writes 1 MiB at a time; a FIFO of that size (the most Linux grants
 # by default) takes one whole while the reader is busy.
@@ -89,7 +94,7 @@ class DumpResult:
     size: int
     sha256: str
     format: str
-    arguments: list[dict]       # the QMP commands QEMU received for this dump
+    arguments: list[dict]       # our libvirt call, then the QMP commands libvirt sends QEMU for it
     started_at: datetime
     finished_at: datetime
     paused_from: datetime       # the guest stood still within [paused_from, paused_until]
@@ -615,7 +620,11 @@ def acquire(conn: libvirt.virConnect, uuid: str, *, destination: Path, fmt: str 
         on_progress(100)
     return DumpResult(
         path=destination, size=size, sha256=receiver.sha256.hexdigest(), format=fmt,
-        arguments=_qmp_commands(fmt, was_running), started_at=started_at, finished_at=_utcnow(),
+        arguments=[
+            {"libvirt": "virDomainCoreDumpWithFormat", "to": "a FIFO read by this worker",
+             "dumpformat": _FORMAT_NAMES[fmt], "flags": ["VIR_DUMP_MEMORY_ONLY"]},
+            *_qmp_commands(fmt, was_running),
+        ], started_at=started_at, finished_at=_utcnow(),
         paused_from=outcome["requested_at"], paused_until=outcome["returned_at"], ram_bytes=ram_bytes,
         qemu_version=qemu_version, libvirt_version=libvirt_version,
         domain_xml_sha256=hashlib.sha256(xml.encode()).hexdigest(), vm_uuid=domain.UUIDString(),

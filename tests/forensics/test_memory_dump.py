@@ -197,7 +197,8 @@ def test_elf_dump_is_hashed_as_it_arrives_and_matches_the_file(start_guest, dest
     assert result.domain_xml_sha256 == hashlib.sha256(guest.domain.XMLDesc(0).encode()).hexdigest()
     assert result.libvirt_version == hypervisor._version(guest.conn.getLibVersion())
     assert result.qemu_version.startswith(hypervisor._version(guest.conn.getVersion()))
-    dump_command = next(command for command in result.arguments if command["execute"] == "dump-guest-memory")
+    assert result.arguments[0]["libvirt"] == "virDomainCoreDumpWithFormat"
+    dump_command = next(command for command in result.arguments if command.get("execute") == "dump-guest-memory")
     assert dump_command["arguments"]["paging"] is False and dump_command["arguments"]["protocol"] == "fd:dump"
 
     assert progress and progress[-1] == 100
