@@ -258,8 +258,10 @@ def push(appliance: Appliance) -> None:
 
 
 def _record(appliance: Appliance, event: str, actor: User | None, payload: dict | None = None) -> None:
+    # The owner may read every event of their appliance, also those an
+    # operator or the system caused.
     ledger.record(kind=f"appliances.appliance.{event}", actor=ledger.actor_label(actor),
-                  subject=f"appliance:{appliance.pk}", payload=payload or {})
+                  subject=f"appliance:{appliance.pk}", payload=payload or {}, concerns=appliance.owner_id)
 
 
 def peer_name(name: str) -> str:

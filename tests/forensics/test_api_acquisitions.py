@@ -50,6 +50,11 @@ def test_an_operator_captures_any_running_appliance_as_a_job_on_its_host():
     assert job.params == {"format": "elf", "acquisition": body["id"]}
     requested = ledger.entries_visible_to(olga).filter(kind="forensics.acquisition.requested").get()
     assert requested.payload == {"appliance": appliance.pk, "case_ref": "INC-7", "format": "elf"}
+    # The owner reads in the log that their appliance's memory is being
+    # captured, by whom; the case stays the operator's.
+    owners = ledger.entries_visible_to(owner)
+    assert owners.filter(kind="appliances.appliance.memory_dump_requested", actor=f"operator:{olga.pk}").exists()
+    assert not owners.filter(kind__startswith="forensics.").exists()
 
 
 def test_owners_capture_their_own_only_where_policy_allows(settings):
