@@ -161,22 +161,28 @@ def identity_provision_step(*, step_id: int) -> ProvisioningStep | None:
         identity.refresh_from_db()
         _push(identity)
 
+    # The backend is called outside any transaction: a write transaction
+    # (SQLite takes its lock at BEGIN) held across a slow or hanging backend
+    # would stall every other writer, the console's included.
     provider = provider_for(step.kind)
+    outcome, text = Step.NOT_CONFIGURED, ""
+    if provider is not None:
+        try:
+            outcome, text = Step.SUCCEEDED, provider.provision(identity)[:300]
+        except TransientProviderError as exc:
+            outcome, text = Step.RETRYING, str(exc)
+        except PermanentProviderError as exc:
+            outcome, text = Step.FAILED, str(exc)
+        except Exception as exc:  # an unexpected backend answer fails the step visibly, not the worker
+            log.exception("provisioning step %s crashed", step_id)
+            outcome, text = Step.FAILED, f"unexpected error: {exc}"
     with transaction.atomic():
-        if provider is None:
-            step.settle(status=Step.NOT_CONFIGURED, detail="")
+        if outcome == Step.RETRYING:
+            step.fail_or_retry(text, detail="")
+        elif outcome == Step.FAILED:
+            step.settle(status=Step.FAILED, error=text, detail="")
         else:
-            try:
-                detail = provider.provision(identity)[:300]
-            except TransientProviderError as exc:
-                step.fail_or_retry(str(exc), detail="")
-            except PermanentProviderError as exc:
-                step.settle(status=Step.FAILED, error=str(exc), detail="")
-            except Exception as exc:  # an unexpected backend answer fails the step visibly, not the worker
-                log.exception("provisioning step %s crashed", step_id)
-                step.settle(status=Step.FAILED, error=f"unexpected error: {exc}", detail="")
-            else:
-                step.settle(status=Step.SUCCEEDED, detail=detail)
+            step.settle(status=outcome, detail=text)
         ledger.record(
             kind=f"identity.provisioning.{step.kind}.{step.status}",
             actor="system",

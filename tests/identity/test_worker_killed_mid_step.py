@@ -124,3 +124,39 @@ def test_a_step_whose_worker_was_killed_is_redone_once_by_the_next_worker(transa
     assert step.attempts == 1, "the redelivery re-ran the claimed attempt instead of starting a new one"
     assert started.count() == 2, "run once by the killed worker and once more by the next"
     assert resolve(knot, "killed-mid-step.test.infrasim") == ["192.0.2.10"], "exactly one record, no duplicate"
+
+
+def test_a_hanging_backend_holds_no_database_lock(transactional_db, knot, settings):
+    """While one step waits on a DNS server that never answers, everyone
+    else still writes: the backend call is outside any transaction."""
+    for key, value in knot.settings().items():
+        setattr(settings, key, value)
+    black_hole = BlackHoleDns()
+    settings.DNS_PORT = black_hole.port
+    user = User.objects.create_user(display_name="Hana Hanging", signup_state="active")
+    identity = Identity.objects.create(user=user, handle="hanging-dns", handle_skeleton=skeleton("hanging-dns"),
+                                       status=Identity.Status.PENDING)
+    step = ProvisioningStep.objects.create(identity=identity, kind="dns")
+    from identity.provisioning import identity_provision_step
+    from django.db import connection
+
+    def run():
+        try:
+            identity_provision_step(step_id=step.pk)
+        finally:
+            connection.close()
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    try:
+        started = LedgerEntry.objects.filter(kind="identity.provisioning.dns.started", subject=f"identity:{identity.pk}")
+        wait_for(started.exists, 30, "the step to reach the DNS server")
+        began = time.monotonic()
+        User.objects.create_user(display_name="Someone Else", signup_state="active")
+        assert time.monotonic() - began < 1, "a write waited for the hanging backend"
+        assert worker.is_alive(), "the DNS call was expected to be still hanging"
+    finally:
+        worker.join(60)
+        black_hole.close()
+    step.refresh_from_db()
+    assert step.status in ("retrying", "failed") and step.last_error
