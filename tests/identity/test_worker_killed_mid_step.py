@@ -149,8 +149,7 @@ def test_a_hanging_backend_holds_no_database_lock(transactional_db, knot, settin
     worker = threading.Thread(target=run)
     worker.start()
     try:
-        started = LedgerEntry.objects.filter(kind="identity.provisioning.dns.started", subject=f"identity:{identity.pk}")
-        wait_for(started.exists, 30, "the step to reach the DNS server")
+        wait_for(lambda: black_hole.held, 30, "the step to reach the DNS server")
         began = time.monotonic()
         User.objects.create_user(display_name="Someone Else", signup_state="active")
         assert time.monotonic() - began < 1, "a write waited for the hanging backend"
