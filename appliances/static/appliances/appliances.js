@@ -9,39 +9,14 @@
   const API = "/api/meshnet/appliances";
   const CARD_URL = "/appliances/card";
 
-  class ApiError extends Error {
-    constructor(message, fields) {
-      super(message);
-      this.fields = fields;
-    }
-  }
+  const shared = window.InfraSimConsole;
 
-  async function api(method, path, body) {
-    const resp = await fetch(API + path, {
-      method: method,
-      credentials: "same-origin",
-      headers: { "Content-Type": "application/json", "X-CSRFToken": document.body.dataset.csrf },
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-    const data = await resp.json().catch(() => ({}));
-    if (!resp.ok) {
-      // DRF's shape: {"field": ["message"], "code": "..."} or {"detail": "...", "code": "..."}.
-      const fields = {};
-      Object.entries(data).forEach(([key, value]) => {
-        if (key !== "code" && key !== "detail") fields[key] = Array.isArray(value) ? value.join(" ") : String(value);
-      });
-      const first = Object.values(fields)[0];
-      throw new ApiError(data.detail || first || resp.status + " " + resp.statusText, fields);
-    }
-    return data;
+  function api(method, path, body) {
+    return shared.api(API + path, method, body);
   }
 
   function say(level, message) {
-    const status = document.getElementById("appliances-status");
-    const error = document.getElementById("appliances-error");
-    status.hidden = level !== "ok";
-    error.hidden = level !== "error";
-    (level === "ok" ? status : error).textContent = message;
+    shared.say("appliances", level, message);
   }
 
   function startAction() {
@@ -55,30 +30,8 @@
 
   // --- The create form -------------------------------------------------------------
 
-  function fieldError(form, field) {
-    return form.querySelector('[data-error-for="' + field + '"]');
-  }
-
-  function clearFieldError(form, field) {
-    const slot = fieldError(form, field);
-    if (slot) slot.hidden = true;
-    const input = form.elements[field];
-    if (input) input.removeAttribute("aria-invalid");
-  }
-
-  function showFieldErrors(form, fields) {
-    let shown = false;
-    Object.entries(fields).forEach(([field, message]) => {
-      const slot = fieldError(form, field);
-      if (!slot) return;
-      slot.textContent = message;
-      slot.hidden = false;
-      if (form.elements[field]) form.elements[field].setAttribute("aria-invalid", "true");
-      if (!shown) (form.elements[field] || slot).focus();
-      shown = true;
-    });
-    return shown;
-  }
+  const clearFieldError = shared.clearFieldError;
+  const showFieldErrors = shared.showFieldErrors;
 
   function number(input) {
     const text = input.value.trim();
@@ -106,7 +59,7 @@
         ": its host is preparing it now, and its status below follows every step.");
       await refreshCard();
     } catch (err) {
-      if (!(err instanceof ApiError && showFieldErrors(form, err.fields))) say("error", err.message);
+      if (!showFieldErrors(form, err.fields)) say("error", err.message);
     } finally {
       button.disabled = false;
     }

@@ -6,50 +6,18 @@
 
   const API = "/api/forensics/acquisitions";
 
-  async function api(method, path, body) {
-    const resp = await fetch(API + path, {
-      method: method,
-      credentials: "same-origin",
-      headers: { "Content-Type": "application/json", "X-CSRFToken": document.body.dataset.csrf },
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-    const data = await resp.json().catch(() => ({}));
-    if (!resp.ok) {
-      const fields = {};
-      Object.entries(data).forEach(([key, value]) => {
-        if (key !== "code" && key !== "detail") fields[key] = Array.isArray(value) ? value.join(" ") : String(value);
-      });
-      const error = new Error(data.detail || Object.values(fields)[0] || resp.status + " " + resp.statusText);
-      error.fields = fields;
-      throw error;
-    }
-    return data;
+  const shared = window.InfraSimConsole;
+
+  function api(method, path, body) {
+    return shared.api(API + path, method, body);
   }
 
   function say(level, message) {
-    const status = document.getElementById("forensics-status");
-    const error = document.getElementById("forensics-error");
-    status.hidden = level !== "ok";
-    error.hidden = level !== "error";
-    (level === "ok" ? status : error).textContent = message;
+    shared.say("forensics", level, message);
   }
 
   function refreshCard() {
     return htmx.ajax("GET", "/forensics/card", { target: "#forensics-slot", swap: "innerHTML" });
-  }
-
-  function showFieldErrors(form, fields) {
-    let shown = false;
-    Object.entries(fields).forEach(([field, message]) => {
-      const slot = form.querySelector('[data-error-for="' + field + '"]');
-      if (!slot) return;
-      slot.textContent = message;
-      slot.hidden = false;
-      if (form.elements[field]) form.elements[field].setAttribute("aria-invalid", "true");
-      if (!shown) (form.elements[field] || slot).focus();
-      shown = true;
-    });
-    return shown;
   }
 
   async function capture(form) {
@@ -63,7 +31,7 @@
       form.reset();
       await refreshCard();
     } catch (err) {
-      if (!showFieldErrors(form, err.fields || {})) say("error", err.message);
+      if (!shared.showFieldErrors(form, err.fields)) say("error", err.message);
     } finally {
       button.disabled = false;
     }
@@ -90,9 +58,7 @@
   document.addEventListener("input", (event) => {
     const form = event.target.form;
     if (!form || form.id !== "capture-form") return;
-    const slot = form.querySelector('[data-error-for="' + event.target.name + '"]');
-    if (slot) slot.hidden = true;
-    event.target.removeAttribute("aria-invalid");
+    shared.clearFieldError(form, event.target.name);
   });
 
   document.addEventListener("click", (event) => {

@@ -78,11 +78,7 @@
   }
 
   function say(level, message) {
-    const status = document.getElementById("mesh-status");
-    const error = document.getElementById("mesh-error");
-    status.hidden = level !== "ok";
-    error.hidden = level !== "error";
-    (level === "ok" ? status : error).textContent = message;
+    window.InfraSimConsole.say("mesh", level, message);
   }
 
   // A new action starts: what the previous one showed, its secret included, goes.
