@@ -20,10 +20,8 @@ from pathlib import Path
 import pytest
 import redis
 from celery import Celery
-from django.conf import settings
 from django.core.management import CommandError, call_command
 
-from appliances import hypervisor
 from appliances.models import Host, Operation
 from forensics import evidence, ledger
 from forensics.models import Acquisition

@@ -15,7 +15,7 @@ from django.test import Client
 from appliances.models import Operation
 from forensics import ledger, offline_verify
 from forensics.models import Acquisition, SigningKey
-from tests.forensics.acquisitions import a_complete_acquisition, a_running_appliance, finish
+from tests.forensics.acquisitions import a_complete_acquisition, a_running_appliance
 from tests.passkey_api import bearer, create_token
 from tests.people import client_for, person, signed_in_person
 
